@@ -1,0 +1,3 @@
+from interscale.cli import main
+
+raise SystemExit(main())

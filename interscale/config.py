@@ -1,0 +1,1 @@
+"""Configuration schema (placeholder until the config module lands)."""

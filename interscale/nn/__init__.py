@@ -1,0 +1,1 @@
+"""interscale.nn."""

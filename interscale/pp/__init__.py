@@ -1,0 +1,1 @@
+"""interscale.pp."""
