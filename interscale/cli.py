@@ -1,5 +1,318 @@
-"""Command-line interface (placeholder)."""
+"""Command line: ``interscale train|output|evaluate|job`` (also ``python -m interscale``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "run_job", "heldout_r2"]
+
+# The job's default config, relative to the repository root (where tox and CI run).
+_DEFAULT_JOB_CONFIG = "config_files/synthetic_example.yaml"
 
 
-def main(argv=None) -> int:
+def _write_json_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _write_h5ad_atomic(adata, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".h5ad")
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def heldout_r2(adata, pred_key: str, truth_key: str, split_key: str = "split") -> dict[str, float]:
+    """Mean over genes of the per-gene R^2 of a prediction layer, per split.
+
+    Parameters
+    ----------
+    adata
+        AnnData with the prediction layer, the truth layer and the split column.
+    pred_key, truth_key
+        Layers compared.
+    split_key
+        obs column; one value is reported per split present.
+    """
+    import scipy.sparse as sp
+
+    out = {}
+    truth_all = adata.layers[truth_key]
+    pred_all = adata.layers[pred_key]
+    for split in sorted(adata.obs[split_key].astype(str).unique()):
+        rows = np.flatnonzero(adata.obs[split_key].astype(str).to_numpy() == split)
+        truth = truth_all[rows]
+        truth = truth.toarray() if sp.issparse(truth) else np.asarray(truth)
+        pred = np.asarray(pred_all[rows])
+        truth = truth.astype(np.float64)
+        ss_tot = ((truth - truth.mean(0)) ** 2).sum(0)
+        ss_res = ((truth - pred) ** 2).sum(0)
+        valid = ss_tot > 1e-12
+        out[split] = float(np.mean(1.0 - ss_res[valid] / ss_tot[valid])) if valid.any() else np.nan
+    return out
+
+
+def _load_cfg(path: str | None, overrides: dict):
+    from interscale.config import load_config, with_overrides
+
+    cfg = load_config(path)
+    return with_overrides(cfg, overrides) if overrides else cfg
+
+
+def _load_or_make_data(cfg, h5ad: str | None, n_samples: int | None, seed: int):
+    import anndata as ad
+
+    import interscale as isc
+
+    source = h5ad or cfg.dataset.h5ad_data
+    if source:
+        adata = ad.read_h5ad(source)
+        return adata, str(source)
+    kwargs = {"seed": seed}
+    if n_samples is not None:
+        kwargs["n_samples"] = n_samples
+    adata = isc.datasets.synthetic_organoids(**kwargs)
+    return adata, "built-in synthetic_organoids"
+
+
+def _preprocess(adata, cfg) -> None:
+    import interscale as isc
+
+    layer = cfg.dataset.layer_key
+    if layer and layer not in adata.layers:
+        isc.pp.qc(adata)
+        isc.pp.normalize(adata, key_added=layer)
+    if "spatial_connectivities" not in adata.obsp:
+        kw = cfg.dataset.spatial_neighbors_kwargs
+        isc.pp.spatial_neighbors(
+            adata,
+            radius=kw.radius,
+            n_neighs=kw.n_neighs,
+            library_key=kw.library_key or cfg.dataset.sample_key[0],
+        )
+
+
+def run_job(
+    config: str | None = None,
+    out: str = "results/job",
+    epochs: int | None = None,
+    h5ad: str | None = None,
+    n_samples: int | None = None,
+    accelerator: str | None = None,
+    progress_bar: bool = True,
+) -> dict:
+    """Built-in (or given) dataset -> preprocess -> train -> held-out outputs -> report.
+
+    Returns the report dict, also written to ``<out>/report.json``.
+    """
+    import interscale as isc
+
+    t_start = time.perf_counter()
+    if config is None and Path(_DEFAULT_JOB_CONFIG).is_file():
+        config = _DEFAULT_JOB_CONFIG
+    cfg = _load_cfg(config, {"optim.n_epochs": epochs} if epochs else {})
+    isc.tl.set_full_reproducibility(cfg.optim.seed)
+    adata, source = _load_or_make_data(cfg, h5ad, n_samples, seed=0)
+    t_data = time.perf_counter()
+    _preprocess(adata, cfg)
+    isc.model.CombinedModel._setup_anndata(
+        adata,
+        layer_key=cfg.dataset.layer_key,
+        sample_key_list=list(cfg.dataset.sample_key),
+        split_key=cfg.dataset.split_key,
+    )
+    model = isc.model.CombinedModel(adata, cfg)
+    print(model.summary())
+    t_train0 = time.perf_counter()
+    model.train(accelerator=accelerator, progress_bar=progress_bar)
+    t_train = time.perf_counter() - t_train0
+    out_dir = Path(out)
+    ckpt = model.save(out_dir, overwrite=True)
+    t_inf0 = time.perf_counter()
+    model.get_model_output(adata)
+    t_inf = time.perf_counter() - t_inf0
+    layer = cfg.dataset.layer_key
+    r2_local = heldout_r2(adata, "_y_pred_local", layer, cfg.dataset.split_key)
+    r2_global = heldout_r2(adata, "_y_pred_global", layer, cfg.dataset.split_key)
+    report = {
+        "data": source,
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "epochs_run": int(len(model.history_)),
+        "best_epoch": int(model.best_epoch_),
+        "seconds_per_epoch": float(model.history_["seconds"].mean()),
+        "train_seconds": t_train,
+        "inference_seconds": t_inf,
+        "data_seconds": t_data - t_start,
+        "heldout_r2_local": r2_local,
+        "heldout_r2_global": r2_global,
+        "checkpoint": str(ckpt),
+    }
+    if "program" in adata.var:
+        try:
+            from interscale.evaluation import auroc_rank_difference, calculate_gene_ranks
+
+            ranks = calculate_gene_ranks(
+                adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+            )
+            report["auroc_local_vs_global_genes"] = float(
+                auroc_rank_difference(ranks, adata.var["program"])
+            )
+        except ImportError:
+            pass
+    _write_h5ad_atomic(adata, out_dir / "trained.h5ad")
+    report["total_seconds"] = time.perf_counter() - t_start
+    _write_json_atomic(report, out_dir / "report.json")
+    _print_report(report)
+    return report
+
+
+def _print_report(report: dict) -> None:
+    print("\nInterScale report")
+    size = f"{report['n_cells']} cells, {report['n_genes']} genes"
+    print(f"  data              {report['data']} ({size})")
+    print(f"  epochs            {report['epochs_run']} (best {report['best_epoch']})")
+    print(f"  seconds / epoch   {report['seconds_per_epoch']:.2f}")
+    print(f"  inference         {report['inference_seconds']:.1f} s")
+    print("  held-out R^2 (mean over genes, each cell predicted while masked)")
+    print(f"    {'split':<8}{'local':>10}{'global':>10}")
+    for split in report["heldout_r2_local"]:
+        loc = report["heldout_r2_local"][split]
+        glo = report["heldout_r2_global"][split]
+        print(f"    {split:<8}{loc:>10.4f}{glo:>10.4f}")
+    if "auroc_local_vs_global_genes" in report:
+        print(
+            "  AUROC of Rank Difference, planted local vs global genes: "
+            f"{report['auroc_local_vs_global_genes']:.3f}"
+        )
+    print(f"  total             {report['total_seconds']:.1f} s")
+
+
+def _cmd_train(args) -> int:
+    import interscale as isc
+
+    overrides = {"optim.n_epochs": args.epochs} if args.epochs else {}
+    cfg = _load_cfg(args.config, overrides)
+    isc.tl.set_full_reproducibility(cfg.optim.seed)
+    adata, source = _load_or_make_data(cfg, args.h5ad, None, seed=0)
+    _preprocess(adata, cfg)
+    isc.model.CombinedModel._setup_anndata(
+        adata,
+        layer_key=cfg.dataset.layer_key,
+        sample_key_list=list(cfg.dataset.sample_key),
+        split_key=cfg.dataset.split_key,
+    )
+    model = isc.model.CombinedModel(adata, cfg)
+    model.train(accelerator=args.accelerator, progress_bar=not args.quiet)
+    path = model.save(args.out, overwrite=args.overwrite)
+    _write_h5ad_atomic(adata, Path(args.out) / "preprocessed.h5ad")
+    print(f"saved {path}")
     return 0
+
+
+def _cmd_output(args) -> int:
+    import anndata as ad
+
+    import interscale as isc
+
+    cfg = _load_cfg(args.config, {}) if args.config else None
+    adata = ad.read_h5ad(args.h5ad)
+    setup = adata.uns.get("interscale", {}).get("setup")
+    if setup is None:
+        raise SystemExit(f"{args.h5ad} is not set up; write it with `interscale train` first")
+    model = isc.model.CombinedModel.load(args.checkpoint, adata, cfg)
+    model.get_model_output(adata, masked=not args.unmasked)
+    out = Path(args.out)
+    _write_h5ad_atomic(adata, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from interscale.evaluation import evaluate_to_folder
+
+    evaluate_to_folder(args.h5ad, args.checkpoint, args.out, config=args.config)
+    return 0
+
+
+def _cmd_job(args) -> int:
+    run_job(
+        config=args.config,
+        out=args.out,
+        epochs=args.epochs,
+        n_samples=args.n_samples,
+        accelerator=args.accelerator,
+        progress_bar=not args.quiet,
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interscale", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a CombinedModel and save it")
+    p.add_argument("--config", help="YAML config (default: built-in defaults)")
+    p.add_argument("--h5ad", help="input AnnData (default: config's h5ad_data or built-in data)")
+    p.add_argument("--out", default="results/train", help="output folder")
+    p.add_argument("--epochs", type=int, help="override optim.n_epochs")
+    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("output", help="write embeddings and predictions into an AnnData")
+    p.add_argument("--h5ad", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or folder")
+    p.add_argument("--config")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--unmasked", action="store_true", help="unmasked reconstruction")
+    p.set_defaults(func=_cmd_output)
+
+    p = sub.add_parser("evaluate", help="gene-level evaluation into tables and figures")
+    p.add_argument("--h5ad", required=True, help="trained AnnData (after `output`)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--config")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("job", help="the main job: built-in data -> train -> outputs -> report")
+    p.add_argument("--config", help="YAML config (default: built-in defaults)")
+    p.add_argument("--out", default="results/job")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--n-samples", type=int, dest="n_samples")
+    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_job)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``interscale`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"interscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,1 +1,17 @@
-"""interscale.datasets."""
+"""Built-in datasets: a synthetic organoid generator with ground truth and the Legnini loader.
+
+Gene-set files shipped with the package live in the ``gene_sets`` folder next to this module.
+"""
+
+from interscale.datasets._gene_sets import gene_set_libraries, load_gene_sets
+from interscale.datasets._legnini import default_cache_dir, legnini, read_transcripts
+from interscale.datasets._synthetic import synthetic_organoids
+
+__all__ = [
+    "default_cache_dir",
+    "gene_set_libraries",
+    "legnini",
+    "load_gene_sets",
+    "read_transcripts",
+    "synthetic_organoids",
+]

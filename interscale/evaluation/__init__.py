@@ -1,1 +1,15 @@
-"""interscale.evaluation."""
+"""Gene-level evaluation: which genes each scale predicts, loadings, latent dimensions."""
+
+from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
+from interscale.evaluation._latent import latent_rank_report
+from interscale.evaluation._loadings import gene_loadings
+from interscale.evaluation._ranks import auroc_rank_difference, calculate_gene_ranks
+
+__all__ = [
+    "auroc_rank_difference",
+    "calculate_dim_importance",
+    "calculate_gene_ranks",
+    "gene_loadings",
+    "get_genes_dim",
+    "latent_rank_report",
+]

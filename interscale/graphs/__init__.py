@@ -1,1 +1,11 @@
-"""interscale.graphs."""
+"""AnnData -> per-sample graphs, splits and batches."""
+
+from interscale.graphs._graphs import (
+    GraphBatch,
+    SampleGraph,
+    anndata_to_graphs,
+    iterate_batches,
+    sample_labels,
+)
+
+__all__ = ["GraphBatch", "SampleGraph", "anndata_to_graphs", "iterate_batches", "sample_labels"]

@@ -1,1 +1,7 @@
-"""interscale.pp."""
+"""Preprocessing: normalisation, quality control and per-sample spatial neighbour graphs."""
+
+from interscale.pp._neighbors import neighborhood_stats, spatial_neighbors
+from interscale.pp._normalize import normalize
+from interscale.pp._qc import qc
+
+__all__ = ["neighborhood_stats", "normalize", "qc", "spatial_neighbors"]

@@ -1,0 +1,201 @@
+"""Shared helpers of the evaluation module: matrix access, chunked column moments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+# Dense chunks hold about this many float64 values (32 MiB), whatever the number of genes.
+_CHUNK_VALUES = 1 << 22
+
+# A column whose sd is below this fraction of |mean| is treated as constant: chunked float64
+# sums of a constant column can leave a rounding-level, non-zero sum of squares.
+_CONSTANT_RTOL = 1e-9
+
+
+def _is_sparse(x: Any) -> bool:
+    return sp.issparse(x)
+
+
+def _get_matrix(adata: AnnData, layer: str | None, *, what: str) -> Any:
+    """Return ``adata.layers[layer]`` (``adata.X`` when ``layer`` is None) after checking it."""
+    if layer is None:
+        x = adata.X
+        if x is None:
+            raise ValueError(f"{what}: adata.X is empty; pass a layer name instead")
+        where = "adata.X"
+    else:
+        if not isinstance(layer, str):
+            raise TypeError(f"{what}: layer names are strings, got {type(layer).__name__}")
+        if layer not in adata.layers:
+            raise KeyError(
+                f"{what}: layer {layer!r} not found in adata.layers "
+                f"(available: {sorted(adata.layers.keys())})"
+            )
+        x = adata.layers[layer]
+        where = f"adata.layers[{layer!r}]"
+    if not _is_sparse(x):
+        x = np.asarray(x)
+    if x.ndim != 2 or x.shape != (adata.n_obs, adata.n_vars):
+        raise ValueError(
+            f"{what}: {where} has shape {x.shape}, expected {(adata.n_obs, adata.n_vars)}"
+        )
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: {where} has non-numeric dtype {x.dtype}")
+    return x
+
+
+def _chunk_rows(n_cols: int) -> int:
+    return max(1, _CHUNK_VALUES // max(n_cols, 1))
+
+
+def _row_chunks(x: Any, chunk_rows: int) -> Iterator[np.ndarray]:
+    """Yield consecutive dense float64 row blocks of ``x`` (dense or sparse)."""
+    if _is_sparse(x) and not isinstance(x, sp.csr_matrix | sp.csr_array):
+        # Row slices of CSC/COO are slow; a CSR copy is still sparse (no densification).
+        x = sp.csr_matrix(x)
+    n = x.shape[0]
+    for start in range(0, n, chunk_rows):
+        block = x[start : start + chunk_rows]
+        if _is_sparse(block):
+            yield block.toarray().astype(np.float64, copy=False)
+        else:
+            yield np.asarray(block, dtype=np.float64)
+
+
+class _Moments:
+    """Per-column count, mean and sum of squared deviations, merged chunk by chunk.
+
+    Chan et al.'s pairwise update keeps the result stable for long columns (no
+    ``E[x^2] - E[x]^2`` cancellation).
+    """
+
+    def __init__(self, n_cols: int) -> None:
+        self.n = np.zeros(n_cols, dtype=np.float64)
+        self.mean = np.zeros(n_cols, dtype=np.float64)
+        self.m2 = np.zeros(n_cols, dtype=np.float64)
+
+    @staticmethod
+    def chunk_stats(
+        values: np.ndarray, valid: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count, mean, sum of squared deviations) per column of one chunk."""
+        if valid is None:
+            n_b = np.full(values.shape[1], values.shape[0], dtype=np.float64)
+            if values.shape[0] == 0:
+                return n_b, np.zeros(values.shape[1]), np.zeros(values.shape[1])
+            mean_b = values.mean(axis=0)
+            m2_b = ((values - mean_b) ** 2).sum(axis=0)
+        else:
+            n_b = valid.sum(axis=0).astype(np.float64)
+            s = np.where(valid, values, 0.0).sum(axis=0)
+            mean_b = np.divide(s, n_b, out=np.zeros_like(s), where=n_b > 0)
+            m2_b = np.where(valid, (values - mean_b) ** 2, 0.0).sum(axis=0)
+        return n_b, mean_b, m2_b
+
+    def update(self, values: np.ndarray, valid: np.ndarray | None = None) -> None:
+        self.merge(*self.chunk_stats(values, valid))
+
+    def merge(self, n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        frac = np.divide(n_b, n, out=np.zeros_like(n), where=n > 0)
+        self.mean = self.mean + delta * frac
+        self.m2 = self.m2 + m2_b + delta**2 * self.n * frac
+        self.n = n
+
+    def var(self, ddof: int = 1) -> np.ndarray:
+        denom = self.n - ddof
+        out = np.full_like(self.m2, np.nan)
+        np.divide(self.m2, denom, out=out, where=denom > 0)
+        return out
+
+    def constant(self) -> np.ndarray:
+        """Columns without variation (within float64 rounding of their mean)."""
+        return self.m2 <= self.n * (_CONSTANT_RTOL * np.abs(self.mean)) ** 2
+
+
+def _column_stats(x: Any, *, ddof: int = 1) -> dict[str, np.ndarray]:
+    """Per-column finite count, mean, sd (``ddof``) and fraction of cells with value > 0.
+
+    Non-finite entries are left out of count, mean and sd. Sparse input is never densified
+    as a whole: statistics come from the stored entries plus the implicit zeros. The
+    fraction of positive values is taken over all rows.
+    """
+    n_obs, n_cols = x.shape
+    if _is_sparse(x):
+        if isinstance(x, sp.csc_matrix | sp.csc_array):
+            cols = np.repeat(np.arange(n_cols), np.diff(x.indptr))
+            data = x.data
+        else:
+            csr = x if isinstance(x, sp.csr_matrix | sp.csr_array) else sp.csr_matrix(x)
+            cols, data = csr.indices, csr.data
+        data = np.asarray(data, dtype=np.float64)
+        finite = np.isfinite(data)
+        if not finite.all():
+            cols_ok, data_ok = cols[finite], data[finite]
+            n_bad = np.bincount(cols[~finite], minlength=n_cols).astype(np.float64)
+        else:
+            cols_ok, data_ok = cols, data
+            n_bad = np.zeros(n_cols, dtype=np.float64)
+        n = n_obs - n_bad
+        total = np.bincount(cols_ok, weights=data_ok, minlength=n_cols)
+        mean = np.divide(total, n, out=np.zeros(n_cols), where=n > 0)
+        stored = np.bincount(cols_ok, minlength=n_cols).astype(np.float64)
+        m2 = np.bincount(cols_ok, weights=(data_ok - mean[cols_ok]) ** 2, minlength=n_cols)
+        m2 += (n - stored) * mean**2  # the implicit zeros
+        n_pos = np.bincount(cols_ok[data_ok > 0], minlength=n_cols).astype(np.float64)
+        mom = _Moments(n_cols)
+        mom.merge(n, mean, m2)
+    else:
+        mom = _Moments(n_cols)
+        n_pos = np.zeros(n_cols, dtype=np.float64)
+        for block in _row_chunks(x, _chunk_rows(n_cols)):
+            valid = np.isfinite(block)
+            mom.update(block, None if valid.all() else valid)
+            n_pos += (block > 0).sum(axis=0)
+    var = mom.var(ddof)
+    var[mom.constant() & np.isfinite(var)] = 0.0
+    frac = n_pos / n_obs if n_obs > 0 else np.zeros(n_cols)
+    return {"n": mom.n, "mean": mom.mean, "sd": np.sqrt(var), "frac_pos": frac}
+
+
+def _embedding(adata: AnnData, z_key: str, *, min_rows: int = 1, what: str) -> np.ndarray:
+    """Finite rows of ``adata.obsm[z_key]`` as a 2-D float64 array."""
+    if not isinstance(z_key, str):
+        raise TypeError(f"{what}: z_key must be a string, got {type(z_key).__name__}")
+    if z_key not in adata.obsm:
+        raise KeyError(
+            f"{what}: {z_key!r} not found in adata.obsm (available: {sorted(adata.obsm.keys())})"
+        )
+    z = adata.obsm[z_key]
+    z = np.asarray(z.toarray() if _is_sparse(z) else z, dtype=np.float64)
+    if z.ndim == 1:
+        z = z[:, None]
+    if z.ndim != 2:
+        raise ValueError(f"{what}: adata.obsm[{z_key!r}] must be 2-D, got shape {z.shape}")
+    ok = np.isfinite(z).all(axis=1)
+    if ok.sum() < min_rows:
+        raise ValueError(
+            f"{what}: adata.obsm[{z_key!r}] has {int(ok.sum())} finite rows, need >= {min_rows}"
+        )
+    return z if ok.all() else z[ok]
+
+
+def _safe_corr(z: np.ndarray) -> np.ndarray:
+    """Pearson correlation between columns; a constant column correlates 0 with the others."""
+    zc = z - z.mean(axis=0)
+    cov = zc.T @ zc
+    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    scale = np.abs(z).max(axis=0) if z.size else np.zeros(z.shape[1])
+    const = sd <= _CONSTANT_RTOL * np.sqrt(z.shape[0]) * np.maximum(scale, 1e-300)
+    sd_safe = np.where(const, 1.0, sd)
+    corr = cov / np.outer(sd_safe, sd_safe)
+    corr[const, :] = 0.0
+    corr[:, const] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    return np.clip(corr, -1.0, 1.0)

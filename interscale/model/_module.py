@@ -1,0 +1,176 @@
+"""The torch module behind the user-facing model classes."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from interscale.nn import GlobalEncoder, make_decoder, make_local_encoder
+
+__all__ = ["InterScaleModule", "ModuleOutput"]
+
+
+class ModuleOutput(NamedTuple):
+    """What one forward pass returns (``None`` for an absent component)."""
+
+    local_emb: torch.Tensor | None
+    global_emb: torch.Tensor | None
+    y_local: torch.Tensor | None
+    y_global: torch.Tensor | None
+    attention: object | None = None
+    cls_attention: torch.Tensor | None = None
+
+
+class InterScaleModule(nn.Module):
+    """Local GNN and/or global Transformer with one decoder per component.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (input and output width).
+    n_embed
+        Width of both embeddings.
+    local_component
+        ``"GCN"``, ``"GIN"`` or ``None`` for a global-only model.
+    global_component
+        Whether a global Transformer follows.
+    local_kwargs
+        ``hidden_dim``, ``num_layers``, ``dropout`` of the local encoder.
+    global_kwargs
+        Keyword arguments of :class:`interscale.nn.GlobalEncoder`.
+    decoder_kwargs
+        ``kind``, ``hidden_dims``, ``dropout`` of the decoders.
+    dual_decoder
+        One decoder per component (default, as published); otherwise only the global head decodes.
+    mask_token
+        Replace masked cells' inputs with a learnable token; zeros when false (as published).
+    global_input_dim
+        Width of the external input of a global-only model (e.g. PCA); ``None`` when the global
+        component reads the local embedding.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_embed: int,
+        *,
+        local_component: str | None,
+        global_component: bool,
+        local_kwargs: dict,
+        global_kwargs: dict,
+        decoder_kwargs: dict,
+        dual_decoder: bool = True,
+        mask_token: bool = True,
+        global_input_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if local_component is None and not global_component:
+            raise ValueError("a model needs at least one of the local and global components")
+        self.n_genes = int(n_genes)
+        self.n_embed = int(n_embed)
+        self.has_local = local_component is not None
+        self.has_global = bool(global_component)
+        self.use_mask_token = bool(mask_token)
+        self.dual_decoder = bool(dual_decoder)
+        self.global_input_dim = global_input_dim
+
+        if self.has_local:
+            self.local_encoder = make_local_encoder(
+                local_component, n_input=self.n_genes, n_embed=self.n_embed, **local_kwargs
+            )
+        else:
+            self.local_encoder = None
+        if self.has_global:
+            self.global_encoder = GlobalEncoder(n_embed=self.n_embed, **global_kwargs)
+            if not self.has_local:
+                if global_input_dim is None:
+                    raise ValueError("a global-only model needs global_input_dim")
+                # Published global-only models read a fixed embedding (e.g. PCA) of width n_embed;
+                # other widths are projected so that d_model stays n_embed.
+                self.input_projection = (
+                    nn.Identity()
+                    if global_input_dim == self.n_embed
+                    else nn.Linear(global_input_dim, self.n_embed)
+                )
+        else:
+            self.global_encoder = None
+
+        decoder_kwargs = dict(decoder_kwargs)
+        kind = decoder_kwargs.pop("kind", "linear")
+
+        def _decoder() -> nn.Module:
+            return make_decoder(kind, n_embed=self.n_embed, n_output=self.n_genes, **decoder_kwargs)
+
+        self.local_decoder = (
+            _decoder() if self.has_local and (self.dual_decoder or not self.has_global) else None
+        )
+        self.global_decoder = _decoder() if self.has_global else None
+
+        mask_width = self.n_genes if self.has_local else int(global_input_dim)
+        if self.use_mask_token:
+            self.mask_token = nn.Parameter(torch.zeros(mask_width))
+        else:
+            self.register_parameter("mask_token", None)
+
+    def apply_mask(self, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Replace the rows of masked cells by the mask token (or zeros)."""
+        if mask is None:
+            return values
+        fill = self.mask_token if self.mask_token is not None else values.new_zeros(())
+        return torch.where(mask.unsqueeze(1), fill.to(values.dtype).expand_as(values), values)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        ptr: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        need_attention: bool = False,
+        attention_top_k: int = 32,
+    ) -> ModuleOutput:
+        """Encode a batch of sample graphs and decode both embeddings.
+
+        Parameters
+        ----------
+        x
+            Expression ``(N, n_genes)`` of the cells of the batch.
+        edge_index
+            Spatial graph of the batch, ``(2, E)``.
+        ptr
+            Offsets of the samples in the batch, ``(B + 1,)``.
+        mask
+            Boolean ``(N,)``: cells whose input is hidden.
+        features
+            External input of a global-only model, ``(N, global_input_dim)``.
+        need_attention
+            Also return the last layer's top-k attention and the CLS attention.
+        attention_top_k
+            Entries kept per row of the attention matrix.
+        """
+        local_emb = global_emb = y_local = y_global = None
+        attention = cls_attention = None
+        if self.has_local:
+            local_emb = self.local_encoder(self.apply_mask(x, mask), edge_index)
+            global_input = local_emb
+        else:
+            if features is None:
+                raise ValueError("a global-only model needs input features")
+            global_input = self.input_projection(self.apply_mask(features, mask))
+        if self.has_global:
+            out = self.global_encoder(
+                global_input,
+                ptr,
+                edge_index,
+                need_attention=need_attention,
+                attention_top_k=attention_top_k,
+            )
+            global_emb = out.embedding
+            attention = out.attention
+            cls_attention = out.cls_attention
+            y_global = self.global_decoder(global_emb)
+        if self.local_decoder is not None:
+            y_local = self.local_decoder(local_emb)
+        return ModuleOutput(local_emb, global_emb, y_local, y_global, attention, cls_attention)

@@ -1,0 +1,344 @@
+"""CombinedModel end to end: setup, training, held-out outputs, determinism, save/load."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import interscale as isc
+from interscale.config import load_config, with_overrides
+from interscale.model import CombinedModel, GlobalModel, LocalModel
+
+
+def _small_adata(seed: int = 0, n_samples: int = 5, cells=(120, 200)):
+    adata = isc.datasets.synthetic_organoids(n_samples=n_samples, cells_per_sample=cells, seed=seed)
+    isc.pp.normalize(adata, key_added="log1p_norm")
+    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+    return adata
+
+
+def _cfg(**overrides):
+    base = {
+        "optim.n_epochs": 3,
+        "optim.seed": 7,
+        "optim.min_epochs": 0,
+        "optim.loss": "SmoothL1",
+        "optim.lr_warmup": 1,
+        "dataset.batch_size": 2,
+        "dataset.name": "tiny",
+        "model.local_component.parameters.hidden_dim": 32,
+        "model.global_component.parameters.dim_feedforward": 32,
+    }
+    base.update(overrides)
+    return with_overrides(load_config(None), base)
+
+
+def _setup(adata, cls=CombinedModel):
+    cls._setup_anndata(
+        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    adata = _small_adata()
+    _setup(adata)
+    model = CombinedModel(adata, _cfg())
+    model.train(progress_bar=False)
+    model.get_model_output(adata)
+    return model, adata
+
+
+def test_outputs_follow_the_anndata_contract(trained):
+    model, adata = trained
+    n, g, e = adata.n_obs, adata.n_vars, model.cfg.model.n_embed
+    for key in ("_local_emb", "_global_emb"):
+        assert adata.obsm[key].shape == (n, e)
+        assert adata.obsm[key].dtype == np.float32
+        assert np.isfinite(adata.obsm[key]).all()
+    for key in ("_y_pred_local", "_y_pred_global"):
+        assert adata.layers[key].shape == (n, g)
+        assert adata.layers[key].dtype == np.float32
+        assert np.isfinite(adata.layers[key]).all()
+    attn = adata.obsp["_attn_matrix"]
+    assert sp.issparse(attn) and attn.format == "csr" and attn.dtype == np.float32
+    assert attn.shape == (n, n)
+    # top-k per row, within sample, never self
+    assert (np.diff(attn.indptr) <= 32).all()
+    coo = attn.tocoo()
+    samples = adata.obs["sample"].to_numpy()
+    assert (samples[coo.row] == samples[coo.col]).all()
+    assert (coo.row != coo.col).all()
+    assert np.isfinite(adata.obs["_cls_attention"]).all()
+    # CLS attention is a distribution over the cells of each sample (+ CLS itself)
+    per_sample = adata.obs.groupby("sample", observed=True)["_cls_attention"].sum()
+    assert (per_sample <= 1.0 + 1e-5).all() and (per_sample > 0.5).all()
+    uns = adata.uns["interscale"]
+    assert uns["layer_key"] == "log1p_norm"
+    assert uns["version"] == isc.__version__
+    assert "config" in uns and "training" in uns
+
+
+def test_obs_names_untouched_and_history(trained):
+    model, adata = trained
+    fresh = _small_adata()
+    assert list(adata.obs_names) == list(fresh.obs_names)
+    h = model.history_
+    assert list(h["epoch"]) == [0, 1, 2]
+    for col in ("train_loss_local", "train_loss_global", "val_loss_local", "val_r2_global", "lr"):
+        assert col in h.columns
+        assert np.isfinite(h[col]).all()
+    ax = model.plot_history()
+    assert ax.get_xlabel() == "epoch"
+
+
+def test_inference_is_repeatable(trained):
+    model, adata = trained
+    first = {k: adata.layers[k].copy() for k in ("_y_pred_local", "_y_pred_global")}
+    emb = adata.obsm["_global_emb"].copy()
+    model.get_model_output(adata)
+    for k, v in first.items():
+        np.testing.assert_array_equal(adata.layers[k], v)
+    np.testing.assert_array_equal(adata.obsm["_global_emb"], emb)
+
+
+def test_heldout_prediction_ignores_the_cells_own_input(trained):
+    """A cell's masked prediction must not see its own expression."""
+    model, adata = trained
+    other = adata.copy()
+    cell = 5
+    layer = other.layers["log1p_norm"]
+    layer = layer.toarray() if sp.issparse(layer) else np.array(layer)
+    layer[cell] = layer[cell] + 3.0
+    other.layers["log1p_norm"] = layer
+    model.get_model_output(other)
+    np.testing.assert_allclose(
+        other.layers["_y_pred_global"][cell], adata.layers["_y_pred_global"][cell], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        other.layers["_y_pred_local"][cell], adata.layers["_y_pred_local"][cell], atol=1e-5
+    )
+    # ... while the unmasked embedding of that cell does change
+    assert not np.allclose(other.obsm["_local_emb"][cell], adata.obsm["_local_emb"][cell])
+
+
+def test_unmasked_reconstruction_differs(trained):
+    model, adata = trained
+    other = adata.copy()
+    model.get_model_output(other, masked=False, prefix="u")
+    assert "u_y_pred_local" in other.layers
+    assert not np.allclose(other.layers["u_y_pred_local"], adata.layers["_y_pred_local"])
+
+
+def test_training_is_bit_identical_for_the_same_seed():
+    outs = []
+    for _ in range(2):
+        adata = _small_adata()
+        _setup(adata)
+        model = CombinedModel(adata, _cfg(**{"optim.n_epochs": 2}))
+        model.train(progress_bar=False)
+        model.get_model_output(adata)
+        outs.append((model.module.state_dict(), adata))
+    (s1, a1), (s2, a2) = outs
+    for key in s1:
+        assert torch.equal(s1[key], s2[key]), key
+    for key in ("_y_pred_local", "_y_pred_global"):
+        np.testing.assert_array_equal(a1.layers[key], a2.layers[key])
+    np.testing.assert_array_equal(a1.obsm["_global_emb"], a2.obsm["_global_emb"])
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    model, adata = trained
+    path = model.save(tmp_path)
+    assert path.name == "dual_tiny_regr_node_7_GCN_self-attn-transformer_model.pt"
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path)
+    other = adata.copy()
+    loaded = CombinedModel.load(
+        tmp_path, other, local_component=True, global_component=True, verbose=False
+    )
+    loaded.get_model_output(other)
+    for key in ("_y_pred_local", "_y_pred_global"):
+        np.testing.assert_array_equal(other.layers[key], adata.layers[key])
+    np.testing.assert_array_equal(other.obsm["_local_emb"], adata.obsm["_local_emb"])
+    assert loaded.history_ is not None and len(loaded.history_) == len(model.history_)
+
+
+def test_load_rejects_bad_files(trained, tmp_path):
+    model, adata = trained
+    path = model.save(tmp_path / "ok")
+    data = path.read_bytes()
+    bad = tmp_path / "trunc"
+    bad.mkdir()
+    (bad / "m.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        CombinedModel.load(bad, adata.copy(), verbose=False)
+    rnd = tmp_path / "random"
+    rnd.mkdir()
+    (rnd / "m.pt").write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        CombinedModel.load(rnd, adata.copy(), verbose=False)
+    with pytest.raises(FileNotFoundError):
+        CombinedModel.load(tmp_path / "missing", adata.copy(), verbose=False)
+    fewer = adata[:, adata.var_names[:-1]].copy()
+    with pytest.raises(ValueError, match="genes"):
+        CombinedModel.load(path, fewer, verbose=False)
+    with pytest.raises(ValueError, match="n_embed"):
+        CombinedModel.load(
+            path,
+            adata.copy(),
+            cfg=_cfg(**{"model.n_embed": 8, "model.global_component.parameters.n_heads": 4}),
+            verbose=False,
+        )
+    with pytest.raises(ValueError, match="LocalModel|local="):
+        LocalModel.load(path, adata.copy(), verbose=False)
+
+
+@pytest.mark.parametrize("style", ["published", "lightning", "bare"])
+def test_published_state_dicts_load(trained, tmp_path, style):
+    model, adata = trained
+    ours = model.module.state_dict()
+    renamed = {}
+    for key, value in ours.items():
+        if key == "mask_token":
+            continue
+        head, rest = key.split(".", 1)
+        new = {
+            "local_encoder": "local_module.encoder.",
+            "global_encoder": "global_module.encoder.",
+            "local_decoder": "local_module.decoder.",
+            "global_decoder": "global_module.decoder.",
+        }[head] + rest
+        renamed[new] = value.clone()
+    if style == "lightning":
+        renamed = {f"module.{k}": v for k, v in renamed.items()}
+    payload = renamed if style == "bare" else {"state_dict": renamed}
+    folder = tmp_path / style
+    folder.mkdir()
+    torch.save(payload, folder / "published_model.pt")
+    loaded = CombinedModel.load(folder, adata.copy(), cfg=model.cfg, verbose=False)
+    for key, value in ours.items():
+        if key != "mask_token":
+            assert torch.equal(loaded.module.state_dict()[key], value), key
+
+
+def test_early_stopping_restores_the_best_epoch(monkeypatch):
+    import interscale.train._trainer as trainer
+
+    adata = _small_adata()
+    _setup(adata)
+    model = CombinedModel(adata, _cfg(**{"optim.n_epochs": 8}))
+    losses = iter([1.0, 0.5, 0.9, 0.95, 0.99, 1.2, 1.3, 1.4])
+    snapshots = []
+
+    def fake_eval(module, graphs, **kwargs):
+        snapshots.append(copy.deepcopy(module.state_dict()))
+        return {"loss": next(losses), "loss_local": 0.0, "loss_global": 0.0}
+
+    monkeypatch.setattr(trainer, "evaluate_masked", fake_eval)
+    history = model.train(progress_bar=False, patience=3)
+    assert model.best_epoch_ == 1
+    assert len(history) == 5  # epochs 2, 3, 4 brought no improvement -> stop after epoch 4
+    for key, value in snapshots[1].items():
+        assert torch.equal(model.module.state_dict()[key], value), key
+    assert not all(torch.equal(model.module.state_dict()[k], v) for k, v in snapshots[-1].items())
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+    import interscale.train._trainer as trainer
+
+    cfg = _cfg(**{"optim.n_epochs": 4})
+    adata = _small_adata()
+    _setup(adata)
+    reference = CombinedModel(adata, cfg)
+    reference.train(progress_bar=False, early_stopping=False)
+    ref_state = reference.module.state_dict()
+
+    adata2 = _small_adata()
+    _setup(adata2)
+    model = CombinedModel(adata2, cfg)
+    real_draw = trainer.draw_mask
+    calls = {"n": 0}
+
+    def interrupting_draw(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # mid-way through the third epoch (3 batches per epoch)
+            raise KeyboardInterrupt
+        return real_draw(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "draw_mask", interrupting_draw)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(progress_bar=False, early_stopping=False, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(trainer, "draw_mask", real_draw)
+    model2 = CombinedModel(adata2, cfg)
+    model2.train(progress_bar=False, early_stopping=False, checkpoint_dir=tmp_path, resume=True)
+    for key, value in ref_state.items():
+        assert torch.equal(model2.module.state_dict()[key], value), key
+    assert list(model2.history_["epoch"]) == [0, 1, 2, 3]
+
+
+def test_setup_errors_name_the_problem():
+    adata = _small_adata()
+    before = adata.copy()
+    with pytest.raises(KeyError, match="nope"):
+        CombinedModel._setup_anndata(adata, layer_key="nope", sample_key_list=["sample"])
+    with pytest.raises(KeyError, match="organ"):
+        CombinedModel._setup_anndata(adata, layer_key="log1p_norm", sample_key_list=["organ"])
+    no_val = adata.copy()
+    no_val.obs["split"] = pd.Categorical(["train"] * no_val.n_obs)
+    with pytest.raises(ValueError, match="'val'"):
+        CombinedModel._setup_anndata(no_val, layer_key="log1p_norm", sample_key_list=["sample"])
+    odd = adata.copy()
+    odd.obs["split"] = odd.obs["split"].astype(str).replace({"test": "holdout"})
+    with pytest.raises(ValueError, match="holdout"):
+        CombinedModel._setup_anndata(odd, layer_key="log1p_norm", sample_key_list=["sample"])
+    with pytest.raises(TypeError, match="view"):
+        CombinedModel._setup_anndata(adata[:50], layer_key="log1p_norm", sample_key_list=["sample"])
+    assert "interscale" not in adata.uns
+    assert adata.obs.equals(before.obs)
+    with pytest.raises(ValueError, match="_setup_anndata"):
+        CombinedModel(adata, _cfg())
+
+
+def test_samples_larger_than_max_seq_len_are_not_truncated():
+    adata = _small_adata(n_samples=3, cells=(300, 320))
+    _setup(adata)
+    cfg = _cfg(**{"model.global_component.parameters.max_seq_len": 100, "optim.n_epochs": 1})
+    model = CombinedModel(adata, cfg)
+    with pytest.warns(UserWarning, match="max_seq_len"):
+        model.train(progress_bar=False)
+    model.get_model_output(adata)
+    assert np.isfinite(adata.obsm["_global_emb"]).all()
+
+
+def test_local_and_global_models_train_and_write_their_keys():
+    adata = _small_adata(n_samples=4)
+    _setup(adata, LocalModel)
+    local = LocalModel(adata, _cfg(**{"optim.n_epochs": 1}))
+    local.train(progress_bar=False)
+    local.get_model_output(adata)
+    assert "_local_emb" in adata.obsm and "_global_emb" not in adata.obsm
+    glob = GlobalModel(adata, _cfg(**{"optim.n_epochs": 1}))
+    glob.train(progress_bar=False)
+    glob.get_model_output(adata, prefix="g")
+    assert "g_global_emb" in adata.obsm and "g_y_pred_global" in adata.layers
+    assert np.isfinite(adata.layers["g_y_pred_global"]).all()
+
+
+def test_learning_beats_an_untrained_model():
+    adata = _small_adata(n_samples=6, cells=(300, 400))
+    _setup(adata)
+    cfg = _cfg(**{"optim.n_epochs": 12, "optim.lr": 3e-3})
+    untrained = CombinedModel(adata, cfg)
+    before = untrained.validation_metrics()
+    model = CombinedModel(adata, cfg)
+    model.train(progress_bar=False, early_stopping=False)
+    after = model.validation_metrics()
+    assert after["r2_local"] > 0 and after["r2_global"] > 0
+    assert after["r2_local"] > before["r2_local"] + 0.1
+    assert after["r2_global"] > before["r2_global"] + 0.1
