@@ -209,12 +209,15 @@ def test_published_state_dicts_load(trained, tmp_path, style):
             continue
         head, rest = key.split(".", 1)
         new = {
-            "local_encoder": "local_module.encoder.",
-            "global_encoder": "global_module.encoder.",
+            "local_encoder": "local_module.",
+            "global_encoder": "global_module.",
             "local_decoder": "local_module.decoder.",
             "global_decoder": "global_module.decoder.",
         }[head] + rest
         renamed[new] = value.clone()
+    # published layouts keep the CLS token as [1, 1, E]
+    cls_key = "global_module.cls_embedding"
+    renamed[cls_key] = renamed[cls_key].reshape(1, 1, -1)
     if style == "lightning":
         renamed = {f"module.{k}": v for k, v in renamed.items()}
     payload = renamed if style == "bare" else {"state_dict": renamed}

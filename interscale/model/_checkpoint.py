@@ -159,14 +159,20 @@ def map_published_state_dict(state: dict, module: torch.nn.Module) -> dict:
         renamed[new] = value
     ours = module.state_dict()
     mapped: dict[str, torch.Tensor] = {}
+
+    def fits(mine: str, tensor: torch.Tensor) -> bool:
+        # The published CLS token is stored as [1, 1, E], ours as [E]: same values, other shape.
+        return ours[mine].shape == tensor.shape or ours[mine].numel() == tensor.numel()
+
     for part in ("local_encoder", "global_encoder", "local_decoder", "global_decoder"):
         our_keys = [k for k in ours if k.startswith(part + ".")]
         their_keys = [k for k in renamed if k.startswith(part + ".")]
         if not their_keys:
             continue
-        exact = [k for k in their_keys if k in ours and ours[k].shape == renamed[k].shape]
-        if len(exact) == len(their_keys) == len(our_keys):
-            mapped.update({k: renamed[k] for k in their_keys})
+        if all(k in ours and fits(k, renamed[k]) for k in their_keys) and len(their_keys) == len(
+            our_keys
+        ):
+            mapped.update({k: renamed[k].reshape(ours[k].shape) for k in their_keys})
             continue
         if len(their_keys) != len(our_keys):
             raise ValueError(
@@ -174,12 +180,12 @@ def map_published_state_dict(state: dict, module: torch.nn.Module) -> dict:
                 "the checkpoint was made with another architecture (check the config)"
             )
         for mine, theirs in zip(our_keys, their_keys, strict=True):
-            if ours[mine].shape != renamed[theirs].shape:
+            if not fits(mine, renamed[theirs]):
                 raise ValueError(
                     f"cannot place published tensor {theirs!r} {tuple(renamed[theirs].shape)}: "
                     f"{mine!r} has shape {tuple(ours[mine].shape)}"
                 )
-            mapped[mine] = renamed[theirs]
+            mapped[mine] = renamed[theirs].reshape(ours[mine].shape)
     if "mask_token" in renamed and "mask_token" in ours:
         mapped["mask_token"] = renamed["mask_token"]
     return mapped
