@@ -3,5 +3,6 @@
 from interscale.pp._neighbors import neighborhood_stats, spatial_neighbors
 from interscale.pp._normalize import normalize
 from interscale.pp._qc import qc
+from interscale.pp._tile import tile
 
-__all__ = ["neighborhood_stats", "normalize", "qc", "spatial_neighbors"]
+__all__ = ["neighborhood_stats", "normalize", "qc", "spatial_neighbors", "tile"]
