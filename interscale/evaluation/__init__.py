@@ -4,11 +4,13 @@ from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
 from interscale.evaluation._latent import latent_rank_report
 from interscale.evaluation._loadings import gene_loadings
 from interscale.evaluation._ranks import auroc_rank_difference, calculate_gene_ranks
+from interscale.evaluation._report import evaluate_to_folder
 
 __all__ = [
     "auroc_rank_difference",
     "calculate_dim_importance",
     "calculate_gene_ranks",
+    "evaluate_to_folder",
     "gene_loadings",
     "get_genes_dim",
     "latent_rank_report",

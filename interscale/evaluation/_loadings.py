@@ -129,7 +129,8 @@ def gene_loadings(
     Raises
     ------
     TypeError
-        A decoder is not linear, or ``model`` is not a torch module (wrapper).
+        A decoder is not linear, ``model`` is not a torch module (wrapper), or ``adata`` is a
+        view (the loadings written into it would be lost).
     KeyError
         An embedding or the layer is missing.
     ValueError
@@ -137,6 +138,11 @@ def gene_loadings(
         finite rows, or ``eps`` is negative.
     """
     what = "gene_loadings"
+    if getattr(adata, "is_view", False):
+        raise TypeError(
+            "gene_loadings: adata is a view of another AnnData; the varm entries written into "
+            "it would be lost, so pass adata[mask].copy()"
+        )
     if not np.isfinite(eps) or eps < 0:
         raise ValueError(f"gene_loadings: eps must be a finite number >= 0, got {eps!r}")
     core = _core_module(model)

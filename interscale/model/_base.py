@@ -78,6 +78,28 @@ def _atomic_write_bytes(payload: bytes, path: Path) -> None:
         raise
 
 
+def _physical_memory_bytes() -> int | None:
+    """Total RAM of this machine, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_output_memory(n_obs: int, n_genes: int, n_embed: int, top_k: int) -> None:
+    """Refuse before inference when the dense outputs could never fit in this machine's RAM."""
+    # two float32 prediction layers and two embeddings, the top-k attention triplets (int64
+    # row/col + float32 value), and one prediction layer's worth of temporaries
+    estimate = 4 * n_obs * (3 * n_genes + 2 * n_embed) + 20 * n_obs * top_k
+    total = _physical_memory_bytes()
+    if total is not None and estimate > total:
+        raise MemoryError(
+            f"get_model_output would need about {estimate / 2**30:.1f} GiB for {n_obs} cells x "
+            f"{n_genes} genes (dense float32 predictions), more than this machine's "
+            f"{total / 2**30:.1f} GiB of RAM; run it on subsets of samples (adata[mask].copy())"
+        )
+
+
 class BaseModel:
     """Shared machinery of :class:`CombinedModel`, :class:`LocalModel` and :class:`GlobalModel`.
 
@@ -128,7 +150,10 @@ class BaseModel:
         KeyError
             If the layer or an obs column is missing.
         ValueError
-            If the split lacks ``train`` or ``val``, has unknown values, or splits a sample.
+            If the split lacks ``train`` or ``val``, has unknown values, or splits a sample; if
+            the layer holds NaN / infinite values; if genes are missing or duplicated.
+        TypeError
+            If ``adata`` is not an AnnData or is a view.
         """
         _check_adata(adata)
         if prediction_task != "regression":
@@ -142,6 +167,12 @@ class BaseModel:
         matrix = _layer(adata, layer_key)
         if adata.n_vars < 1:
             raise ValueError("adata has no genes (n_vars == 0)")
+        if not adata.var_names.is_unique:
+            dup = adata.var_names[adata.var_names.duplicated()].unique()
+            raise ValueError(
+                f"adata.var_names has duplicated genes, e.g. {list(dup[:5])}; "
+                "make them unique (adata.var_names_make_unique())"
+            )
         _check_finite_layer(matrix, layer_key)
         labels = sample_labels(adata, sample_keys)
         if group_key is not None and group_key not in adata.obs.columns:
@@ -390,8 +421,8 @@ class BaseModel:
     def train(
         self,
         max_epochs: int | None = None,
-        early_stopping: bool | None = True,
-        patience: int | None = 5,
+        early_stopping: bool | None = None,
+        patience: int | None = None,
         batch_size: int | None = None,
         accelerator: str | None = None,
         progress_bar: bool = True,
@@ -412,7 +443,7 @@ class BaseModel:
             Stop when the validation loss has not improved (relatively, by ``min_delta``) for
             ``patience`` epochs. ``None`` takes the config's setting.
         patience
-            Epochs without improvement before stopping.
+            Epochs without improvement before stopping (default: ``optim.patience``).
         batch_size
             Sample graphs per optimisation step (default: ``dataset.batch_size``).
         accelerator
@@ -562,6 +593,18 @@ class BaseModel:
         Returns
         -------
         The same AnnData object, updated in place.
+
+        Raises
+        ------
+        TypeError
+            If ``adata`` is not an AnnData or is a view.
+        KeyError
+            If the training layer is missing.
+        ValueError
+            If the genes differ from the model's or the layer holds NaN / infinite values.
+        MemoryError
+            If the dense outputs would not fit in this machine's RAM (the message gives the
+            estimate); nothing is written then.
         """
         adata = self.adata if adata is None else adata
         _check_adata(adata)
@@ -569,6 +612,9 @@ class BaseModel:
         _check_finite_layer(_layer(adata, self.layer_key), self.layer_key)
         if attention_top_k < 1:
             raise ValueError(f"attention_top_k must be >= 1, got {attention_top_k}")
+        _check_output_memory(
+            adata.n_obs, len(self.gene_names), int(self.module.n_embed), attention_top_k
+        )
         if adata is not self.adata:
             self._ensure_graph(adata)
         graphs = self._graphs(adata)

@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 
 from interscale.pp._validate import (
     check_finite_coordinates,
+    check_not_view,
     check_positive_number,
     get_coordinates,
     get_library_codes,
@@ -104,8 +105,9 @@ def spatial_neighbors(
         If neither or both of ``radius`` and ``n_neighs`` are given, if either is not positive,
         or if coordinates are NaN / infinite (run :func:`interscale.pp.qc` first).
     TypeError
-        If ``radius`` is not a number or ``n_neighs`` not an int.
+        If ``radius`` is not a number or ``n_neighs`` not an int, or ``adata`` is a view.
     """
+    check_not_view(adata, "spatial_neighbors")
     if (radius is None) == (n_neighs is None):
         raise ValueError("give exactly one of radius and n_neighs")
     if radius is not None:

@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from interscale.pp._validate import check_positive_number
+from interscale.pp._validate import check_not_view, check_positive_number
 
 
 def _get_matrix(adata: ad.AnnData, layer: str | None):
@@ -58,8 +58,9 @@ def normalize(
     ValueError
         If the counts hold negative, NaN or infinite values, or ``target_sum`` is not positive.
     TypeError
-        If ``target_sum`` is not a number.
+        If ``target_sum`` is not a number or ``adata`` is a view.
     """
+    check_not_view(adata, "normalize")
     if target_sum is not None:
         target_sum = check_positive_number(target_sum, "target_sum")
     mat = _get_matrix(adata, layer)

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from interscale.pp._normalize import _get_matrix
-from interscale.pp._validate import get_coordinates
+from interscale.pp._validate import check_counts, check_not_view, get_coordinates
 
 
 def _unique_names(names: pd.Index) -> np.ndarray:
@@ -79,9 +79,17 @@ def qc(
     ------
     KeyError
         If ``spatial_key`` is not in ``obsm`` or ``layer`` is not in ``layers``.
+    ValueError
+        If the counts hold NaN, infinite or negative values (a zero-count test is meaningless).
+    TypeError
+        If ``inplace`` is true and ``adata`` is a view.
     """
+    if inplace:
+        check_not_view(adata, "qc")
     coords = get_coordinates(adata, spatial_key)
     counts = _get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_counts(counts.data if sp.issparse(counts) else np.asarray(counts), where, "qc")
     bad_coords = ~np.isfinite(coords).all(axis=1)
     totals = (
         np.asarray(counts.sum(axis=1)).ravel()

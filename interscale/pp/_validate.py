@@ -7,6 +7,23 @@ import numpy as np
 import pandas as pd
 
 
+def check_not_view(adata: ad.AnnData, what: str) -> None:
+    """Raise a TypeError for an AnnData view: writing into it would silently copy it."""
+    if getattr(adata, "is_view", False):
+        raise TypeError(
+            f"{what}: adata is a view of another AnnData; results written into a view are lost "
+            "(anndata turns it into a copy), so pass adata[mask].copy()"
+        )
+
+
+def check_counts(values: np.ndarray, where: str, what: str) -> None:
+    """Raise a ValueError if count values are NaN, infinite or negative."""
+    if values.size and not np.isfinite(values).all():
+        raise ValueError(f"{what}: {where} contains NaN or infinite values")
+    if values.size and values.min() < 0:
+        raise ValueError(f"{what}: {where} contains negative values; {what} expects counts")
+
+
 def get_coordinates(adata: ad.AnnData, spatial_key: str) -> np.ndarray:
     """Return ``adata.obsm[spatial_key]`` as a float64 ``(n_obs, d)`` array (never a view to write).
 

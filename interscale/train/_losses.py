@@ -20,7 +20,10 @@ _MIN_VAR = 0.05
 def _gaussian_nll(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # As published: the variance of each cell is the spread of its own true profile across genes,
     # floored (see _MIN_VAR).
-    var = target.std(dim=1, keepdim=True).clamp_min(_MIN_VAR).expand_as(pred)
+    if target.shape[1] < 2:  # one gene: no spread across genes to estimate, use the floor
+        var = torch.full_like(pred, _MIN_VAR)
+    else:
+        var = target.std(dim=1, keepdim=True).clamp_min(_MIN_VAR).expand_as(pred)
     return F.gaussian_nll_loss(pred, target, var, eps=1e-6)
 
 

@@ -1,0 +1,1 @@
+"""asv benchmarks of InterScale (see benchmarks/README.md)."""

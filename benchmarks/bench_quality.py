@@ -1,0 +1,197 @@
+"""Quality and invariants of a fixed-seed model trained once per run (``setup_cache``).
+
+Two models (seeds 1 and 2) are trained on a reduced built-in dataset (6 organoids of 300-400
+cells: 3 train / 2 val / 1 test organoids) with the built-in dataset's
+published configuration (``config_files/synthetic_example.yaml``) for a fixed number of epochs
+without early stopping. Everything is computed in the cached setup; the ``track_`` methods
+return the stored numbers, and the invariant benchmarks raise when their value is not exactly 0
+so that asv marks them failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+
+from ._common import ROOT, SMOKE
+
+SEEDS = (1, 2)
+EPOCHS = 3 if SMOKE else 20
+N_SAMPLES, CELLS = 6, (300, 400)
+TOP_GENES = 10
+#: Powers of two: rescaling by them is exact in floating point, so loadings must not move at all.
+SCALES = np.array([0.25, 0.5, 2.0, 4.0, 8.0, 0.125, 1.0, 16.0] * 2, dtype=np.float32)
+
+
+def _train(adata, seed: int):
+    from interscale.config import load_config, with_overrides
+    from interscale.model import CombinedModel
+
+    cfg = load_config(str(ROOT / "config_files" / "synthetic_example.yaml"))
+    cfg = with_overrides(
+        cfg,
+        {
+            "optim.n_epochs": EPOCHS,
+            "optim.seed": seed,
+            "optim.lr_warmup": 1,
+            "optim.min_epochs": 0,
+            "optim.accelerator": "cpu",
+        },
+    )
+    model = CombinedModel(adata, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(progress_bar=False, early_stopping=False)
+    return model
+
+
+def _explain(model, adata) -> dict:
+    """Held-out outputs, gene ranks, loadings, important dims and their top genes."""
+    import interscale as isc
+    from interscale.evaluation import (
+        calculate_dim_importance,
+        calculate_gene_ranks,
+        gene_loadings,
+        get_genes_dim,
+    )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.get_model_output(adata)
+    ranks = calculate_gene_ranks(
+        adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+    )
+    test = adata[adata.obs["split"] == "test"].copy()
+    test_ranks = calculate_gene_ranks(
+        test, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+    )
+    gene_loadings(adata, model, layer_key="log1p_norm")
+    dims = calculate_dim_importance(adata)["dims_left"]
+    top = get_genes_dim(
+        adata, list(dims), which="global", n_top=TOP_GENES, X_layer="log1p_norm", min_frac=0.0
+    )
+    return {
+        "ranks": ranks,
+        "r2_local": float(np.nanmean(test_ranks["r2_local"])),
+        "r2_global": float(np.nanmean(test_ranks["r2_global"])),
+        "auroc": isc.evaluation.auroc_rank_difference(ranks, adata.var["program"]),
+        "top_genes": set(map(str, top.index)),
+        "n_dims": len(dims),
+    }
+
+
+def _max_dev(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _invariants(model, adata) -> dict:
+    """Exact invariants of one trained model (each value must be 0)."""
+    from interscale.evaluation import gene_loadings
+
+    # Two identical inference calls must agree bit for bit.
+    keys = ("_y_pred_local", "_y_pred_global")
+    first = {k: adata.layers[k].copy() for k in keys}
+    emb = {k: adata.obsm[k].copy() for k in ("_local_emb", "_global_emb")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.get_model_output(adata)
+    repeat = max(
+        [_max_dev(first[k], adata.layers[k]) for k in keys]
+        + [_max_dev(emb[k], adata.obsm[k]) for k in emb]
+    )
+    # Loadings must not change when latent dim k is multiplied by c_k and the decoder's column
+    # k divided by c_k (the decoded expression is the same).
+    gene_loadings(adata, model, layer_key="log1p_norm")
+    module = copy.deepcopy(model.module)
+    n_embed = adata.obsm["_global_emb"].shape[1]
+    scales = SCALES[:n_embed]
+    import torch
+
+    with torch.no_grad():
+        for dec in (module.local_decoder, module.global_decoder):
+            dec.weight.div_(torch.as_tensor(scales))
+    scaled = adata.copy()
+    for k in ("_local_emb", "_global_emb"):
+        scaled.obsm[k] = adata.obsm[k] * scales[None, :]
+    gene_loadings(scaled, module, layer_key="log1p_norm")
+    rescale = max(
+        _max_dev(adata.varm[k], scaled.varm[k])
+        for k in ("_local_std_gene_loadings", "_global_std_gene_loadings")
+    )
+    return {"repeat_inference": repeat, "loadings_rescaling": rescale}
+
+
+class Quality:
+    """Held-out R^2, AUROC, seed stability and exact invariants of the trained models."""
+
+    timeout = 1200
+
+    def setup_cache(self) -> dict:
+        """Train the two seeds and compute every tracked number (runs once per asv run)."""
+        from scipy.stats import spearmanr
+
+        from ._common import organoids, register
+
+        adata = organoids(n_samples=N_SAMPLES, cells=CELLS, seed=0)
+        register(adata)
+        results, models, datas = [], [], []
+        for seed in SEEDS:
+            data = adata.copy()
+            model = _train(data, seed)
+            results.append(_explain(model, data))
+            models.append(model)
+            datas.append(data)
+        a, b = results
+        out = {
+            "r2_local": a["r2_local"],
+            "r2_global": a["r2_global"],
+            "auroc": a["auroc"],
+            "n_dims": a["n_dims"],
+            "jaccard": len(a["top_genes"] & b["top_genes"])
+            / max(1, len(a["top_genes"] | b["top_genes"])),
+        }
+        for col in ("Local Rank", "Global Rank", "Rank Difference"):
+            out[f"spearman {col}"] = float(spearmanr(a["ranks"][col], b["ranks"][col])[0])
+        out.update(_invariants(models[0], datas[0]))
+        return out
+
+    def track_heldout_r2(self, cache: dict, head: str) -> float:
+        """Mean over genes of the held-out (masked) R^2 on the test organoids."""
+        return cache[f"r2_{head}"]
+
+    track_heldout_r2.params = ["local", "global"]
+    track_heldout_r2.param_names = ["head"]
+    track_heldout_r2.unit = "R^2"
+
+    def track_auroc_local_vs_global(self, cache: dict) -> float:
+        """AUROC of Rank Difference: planted local genes above planted global genes."""
+        return cache["auroc"]
+
+    track_auroc_local_vs_global.unit = "AUROC"
+
+    def track_rank_spearman_between_seeds(self, cache: dict, column: str) -> float:
+        """Spearman correlation of a gene-rank column between seeds 1 and 2."""
+        return cache[f"spearman {column}"]
+
+    track_rank_spearman_between_seeds.params = ["Local Rank", "Global Rank", "Rank Difference"]
+    track_rank_spearman_between_seeds.param_names = ["column"]
+    track_rank_spearman_between_seeds.unit = "Spearman rho"
+
+    def track_top_genes_jaccard_between_seeds(self, cache: dict) -> float:
+        """Jaccard of the top genes of the important global dims, seed 1 vs seed 2."""
+        return cache["jaccard"]
+
+    track_top_genes_jaccard_between_seeds.unit = "Jaccard"
+
+    def track_invariant(self, cache: dict, check: str) -> float:
+        """Max deviation of an exact invariant; raises unless it is exactly 0."""
+        value = cache[check]
+        if value != 0.0:
+            raise AssertionError(f"invariant {check!r} broken: max deviation {value!r} != 0")
+        return value
+
+    track_invariant.params = ["repeat_inference", "loadings_rescaling"]
+    track_invariant.param_names = ["check"]
+    track_invariant.unit = "max abs deviation"

@@ -1,0 +1,5 @@
+"""``python -m reproduce``."""
+
+from reproduce._runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,832 @@
+"""Bad input to every public entry point: one clear exception, and the AnnData left untouched.
+
+Each case builds its input from a small, fresh AnnData, calls one public function and checks
+either (a) the exception type, a message naming the culprit and that the AnnData fingerprint
+(X, layers, obs, var, obsm, obsp, uns, names) is unchanged, or (b) where the input is legal, that
+the call works end to end with finite outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import interscale as isc
+from interscale.cli import main as cli_main
+from interscale.config import load_config, with_overrides
+from interscale.evaluation import (
+    calculate_dim_importance,
+    calculate_gene_ranks,
+    gene_loadings,
+    get_genes_dim,
+    latent_rank_report,
+)
+from interscale.model import CombinedModel
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _digest_value(value, h) -> None:
+    """Feed a canonical byte form of ``value`` into the hash ``h``."""
+    if sp.issparse(value):
+        h.update(f"sparse:{value.format}:{value.shape}:{value.dtype}".encode())
+        for part in ("data", "indices", "indptr"):
+            if hasattr(value, part):
+                h.update(np.ascontiguousarray(getattr(value, part)).tobytes())
+        if value.format == "coo":
+            h.update(np.ascontiguousarray(value.coords).tobytes())
+    elif isinstance(value, np.ndarray):
+        h.update(f"array:{value.shape}:{value.dtype}".encode())
+        if value.dtype.kind == "O":
+            h.update(pickle.dumps(value.tolist()))
+        else:
+            h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, pd.DataFrame | pd.Series | pd.Index):
+        h.update(pickle.dumps(value))
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            h.update(f"key:{key}".encode())
+            _digest_value(value[key], h)
+    elif value is None:
+        h.update(b"None")
+    else:
+        h.update(pickle.dumps(value))
+
+
+def _fingerprint(adata: ad.AnnData) -> str:
+    """Hash of everything a failed call must not change."""
+    h = hashlib.sha256()
+    h.update(f"{type(adata).__name__}:{adata.shape}:{adata.is_view}".encode())
+    parts = {
+        "X": adata.X,
+        "layers": dict(adata.layers),
+        "obs": adata.obs,
+        "var": adata.var,
+        "obs_names": adata.obs_names,
+        "var_names": adata.var_names,
+        "obsm": dict(adata.obsm),
+        "obsp": dict(adata.obsp),
+        "varm": dict(adata.varm),
+        "uns": dict(adata.uns),
+    }
+    _digest_value(parts, h)
+    return h.hexdigest()
+
+
+def _raw(seed: int = 0, n_samples: int = 4, cells=(20, 30), n_genes: int = 10) -> ad.AnnData:
+    return isc.datasets.synthetic_organoids(
+        n_samples=n_samples, cells_per_sample=cells, n_genes=n_genes, seed=seed
+    )
+
+
+_BASE: dict[str, ad.AnnData] = {}
+
+
+def _prepared() -> ad.AnnData:
+    """A small normalised AnnData with a radius graph (a fresh copy per call)."""
+    if "prep" not in _BASE:
+        adata = _raw()
+        isc.pp.normalize(adata, key_added="log1p_norm")
+        isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+        _BASE["prep"] = adata
+    return _BASE["prep"].copy()
+
+
+def _cfg(**overrides):
+    base = {
+        "optim.n_epochs": 1,
+        "optim.seed": 3,
+        "optim.min_epochs": 0,
+        "optim.lr_warmup": 1,
+        "dataset.batch_size": 2,
+        "dataset.name": "tiny",
+        # two held-out folds: keeps get_model_output cheap
+        "dataset.pct_mask_nodes": 0.5,
+        "model.local_component.parameters.hidden_dim": 16,
+        "model.global_component.parameters.dim_feedforward": 16,
+    }
+    base.update(overrides)
+    return with_overrides(load_config(None), base)
+
+
+def _setup(adata: ad.AnnData, layer_key: str | None = "log1p_norm", **kwargs) -> None:
+    CombinedModel._setup_anndata(
+        adata, layer_key=layer_key, sample_key_list=["sample"], view_registry=False, **kwargs
+    )
+
+
+def _expect_failure(call: Callable, adata, exc: type[BaseException], match: str) -> None:
+    before = _fingerprint(adata)
+    with pytest.raises(exc, match=match):
+        call(adata)
+    assert _fingerprint(adata) == before, "the AnnData was modified by a failed call"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1-epoch model, its AnnData with outputs and loadings, and a saved checkpoint."""
+    adata = _prepared()
+    _setup(adata)
+    model = CombinedModel(adata, _cfg())
+    model.train(progress_bar=False)
+    model.get_model_output(adata)
+    gene_loadings(adata, model, layer_key="log1p_norm")
+    folder = tmp_path_factory.mktemp("ckpt")
+    path = model.save(folder)
+    return model, adata, path
+
+
+# ----------------------------------------------------------------------------- mutators
+
+
+def _with_coords(adata, value, rows=(0,)):
+    coords = np.array(adata.obsm["spatial"], dtype=np.float64)
+    coords[list(rows), 0] = value
+    adata.obsm["spatial"] = coords
+    return adata
+
+
+def _without_coords(adata):
+    del adata.obsm["spatial"]
+    return adata
+
+
+def _with_layer_value(adata, layer, value):
+    m = adata.layers[layer]
+    m = m.toarray() if sp.issparse(m) else np.array(m)
+    m[0, 0] = value
+    adata.layers[layer] = sp.csr_matrix(m)
+    return adata
+
+
+def _with_sample_nan(adata):
+    col = adata.obs["sample"].astype(object)
+    col.iloc[0] = np.nan
+    adata.obs["sample"] = col
+    return adata
+
+
+def _with_split(adata, mapping):
+    adata.obs["split"] = adata.obs["split"].astype(str).replace(mapping)
+    return adata
+
+
+def _dup_obs(adata):
+    names = adata.obs_names.to_numpy().copy()
+    names[1] = names[0]
+    adata.obs_names = names
+    return adata
+
+
+def _dup_var(adata):
+    names = adata.var_names.to_numpy().copy()
+    names[1] = names[0]
+    adata.var_names = names
+    return adata
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+_PP_FAIL = [
+    # (id, mutate, call, exception, message pattern)
+    ("nan-coords", lambda a: _with_coords(a, np.nan), "neighbors", ValueError, "spatial"),
+    ("inf-coords", lambda a: _with_coords(a, np.inf), "neighbors", ValueError, "spatial"),
+    ("no-coords", _without_coords, "neighbors", KeyError, "spatial"),
+    ("radius-0", None, "neighbors-r0", ValueError, "radius"),
+    ("radius-neg", None, "neighbors-rneg", ValueError, "radius"),
+    ("radius-nan", None, "neighbors-rnan", ValueError, "radius"),
+    ("no-library", None, "neighbors-nolib", KeyError, "nope"),
+    ("nan-library", _with_sample_nan, "neighbors", ValueError, "sample"),
+    ("view", lambda a: a[:10], "neighbors", TypeError, "view"),
+    ("stats-nan-coords", lambda a: _with_coords(a, np.nan), "stats", ValueError, "spatial"),
+    ("stats-no-coords", _without_coords, "stats", KeyError, "spatial"),
+    ("stats-radius-0", None, "stats-r0", ValueError, "radius"),
+    ("stats-no-radii", None, "stats-empty", ValueError, "radii"),
+    ("norm-nan", lambda a: _with_layer_value(a, "raw", np.nan), "normalize", ValueError, "raw"),
+    ("norm-inf", lambda a: _with_layer_value(a, "raw", np.inf), "normalize", ValueError, "raw"),
+    ("norm-negative", lambda a: _with_layer_value(a, "raw", -1.0), "normalize", ValueError, "neg"),
+    ("norm-no-layer", None, "normalize-nolayer", KeyError, "nope"),
+    ("norm-view", lambda a: a[:10], "normalize", TypeError, "view"),
+    ("qc-no-coords", _without_coords, "qc", KeyError, "spatial"),
+    ("qc-no-layer", None, "qc-nolayer", KeyError, "nope"),
+    ("qc-nan-counts", lambda a: _with_layer_value(a, "raw", np.nan), "qc", ValueError, "raw"),
+    ("qc-negative", lambda a: _with_layer_value(a, "raw", -1.0), "qc", ValueError, "negative"),
+    ("qc-view", lambda a: a[:10], "qc", TypeError, "view"),
+]
+
+_PP_CALLS: dict[str, Callable] = {
+    "neighbors": lambda a: isc.pp.spatial_neighbors(a, radius=200, library_key="sample"),
+    "neighbors-r0": lambda a: isc.pp.spatial_neighbors(a, radius=0),
+    "neighbors-rneg": lambda a: isc.pp.spatial_neighbors(a, radius=-5.0),
+    "neighbors-rnan": lambda a: isc.pp.spatial_neighbors(a, radius=float("nan")),
+    "neighbors-nolib": lambda a: isc.pp.spatial_neighbors(a, radius=200, library_key="nope"),
+    "stats": lambda a: isc.pp.neighborhood_stats(a, [100, 200]),
+    "stats-r0": lambda a: isc.pp.neighborhood_stats(a, [0]),
+    "stats-empty": lambda a: isc.pp.neighborhood_stats(a, []),
+    "normalize": lambda a: isc.pp.normalize(a),
+    "normalize-nolayer": lambda a: isc.pp.normalize(a, layer="nope"),
+    "qc": lambda a: isc.pp.qc(a),
+    "qc-nolayer": lambda a: isc.pp.qc(a, layer="nope"),
+}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "call", "exc", "match"),
+    [pytest.param(*case[1:], id=case[0]) for case in _PP_FAIL],
+)
+def test_preprocessing_rejects_bad_input(mutate, call, exc, match):
+    adata = _raw()
+    if mutate is not None:
+        adata = mutate(adata)
+    _expect_failure(_PP_CALLS[call], adata, exc, match)
+
+
+@pytest.mark.parametrize(
+    "kind", ["int64-dense", "float64-dense", "float16-dense", "float32-csr", "int32-csc", "f64-csc"]
+)
+def test_normalize_accepts_every_numeric_layer_type(kind):
+    adata = _raw()
+    dense = adata.layers["raw"].toarray()
+    dtype = {"int64": np.int64, "float64": np.float64, "float16": np.float16}.get(
+        kind.split("-")[0],
+        {"float32": np.float32, "int32": np.int32, "f64": np.float64}.get(kind.split("-")[0]),
+    )
+    m = np.rint(dense).astype(dtype)
+    fmt = kind.split("-")[1]
+    adata.layers["raw"] = m if fmt == "dense" else getattr(sp, f"{fmt}_matrix")(m)
+    isc.pp.normalize(adata, key_added="log1p_norm")
+    out = adata.layers["log1p_norm"]
+    out = out.toarray() if sp.issparse(out) else out
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    totals = np.rint(dense).sum(axis=1, keepdims=True)
+    expected = np.log1p(np.rint(dense) / np.where(totals > 0, totals, 1) * 1e4)
+    np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_normalize_zero_count_cells_give_zeros():
+    adata = _raw()
+    m = adata.layers["raw"].toarray()
+    m[:3] = 0
+    adata.layers["raw"] = sp.csr_matrix(m)
+    isc.pp.normalize(adata, key_added="log1p_norm")
+    out = adata.layers["log1p_norm"].toarray()
+    assert np.isfinite(out).all() and (out[:3] == 0).all()
+
+
+def test_qc_fixes_what_it_documents():
+    adata = _raw()
+    adata = _with_coords(adata, np.nan, rows=(0,))
+    adata = _dup_obs(adata)
+    m = adata.layers["raw"].toarray()
+    m[5] = 0
+    adata.layers["raw"] = sp.csr_matrix(m)
+    n_zero = int((m.sum(axis=1) == 0).sum())
+    n_removed = int(((m.sum(axis=1) == 0) | (np.arange(adata.n_obs) == 0)).sum())
+    before = _fingerprint(adata)
+    new, summary = isc.pp.qc(adata, inplace=False)
+    assert _fingerprint(adata) == before
+    assert summary["n_nonfinite_coords"] == 1 and summary["n_zero_count"] == n_zero
+    assert summary["n_duplicated_names"] == 1 and new.n_obs == adata.n_obs - n_removed
+    assert new.obs_names.is_unique
+
+
+@pytest.mark.parametrize("radius", [1e-6, 1e9])
+def test_absurd_but_legal_radius(radius):
+    adata = _raw()
+    isc.pp.spatial_neighbors(adata, radius=radius, library_key="sample")
+    conn = adata.obsp["spatial_connectivities"]
+    sizes = adata.obs["sample"].value_counts()
+    if radius > 1:  # larger than the tissue: every pair within a sample, nothing across
+        assert conn.nnz == int((sizes * (sizes - 1)).sum())
+        coo = conn.tocoo()
+        s = adata.obs["sample"].to_numpy()
+        assert (s[coo.row] == s[coo.col]).all()
+    else:
+        assert conn.nnz == 0
+    stats = isc.pp.neighborhood_stats(adata, radius)
+    assert np.isfinite(stats[["mean", "min", "max", "frac_isolated"]].to_numpy()).all()
+
+
+def test_isolated_cell_and_one_cell_sample_get_empty_rows():
+    adata = _raw()
+    coords = np.array(adata.obsm["spatial"])
+    coords[0] = [1e7, 1e7]  # far from everything
+    adata.obsm["spatial"] = coords
+    samples = adata.obs["sample"].astype(str).to_numpy().copy()
+    samples[1] = "lonely"
+    adata.obs["sample"] = pd.Categorical(samples)
+    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+    conn = adata.obsp["spatial_connectivities"]
+    assert conn[0].nnz == 0 and conn[:, 0].nnz == 0
+    assert conn[1].nnz == 0 and conn[:, 1].nnz == 0
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _setup_call(**kwargs):
+    def call(adata):
+        args = {"layer_key": "log1p_norm", "sample_key_list": ["sample"]}
+        args.update(kwargs)
+        CombinedModel._setup_anndata(adata, view_registry=False, **args)
+
+    return call
+
+
+_SETUP_FAIL = [
+    ("no-layer", None, _setup_call(layer_key="nope"), KeyError, "nope"),
+    (
+        "nan-layer",
+        lambda a: _with_layer_value(a, "log1p_norm", np.nan),
+        _setup_call(),
+        ValueError,
+        "log1p_norm",
+    ),
+    (
+        "inf-layer",
+        lambda a: _with_layer_value(a, "log1p_norm", -np.inf),
+        _setup_call(),
+        ValueError,
+        "log1p_norm",
+    ),
+    ("no-sample-key", None, _setup_call(sample_key_list=["nope"]), KeyError, "nope"),
+    ("nan-sample", _with_sample_nan, _setup_call(), ValueError, "sample"),
+    ("no-split-col", None, _setup_call(split_key="nope"), KeyError, "nope"),
+    ("no-train", lambda a: _with_split(a, {"train": "val"}), _setup_call(), ValueError, "train"),
+    ("no-val", lambda a: _with_split(a, {"val": "train"}), _setup_call(), ValueError, "val"),
+    (
+        "unknown-split",
+        lambda a: _with_split(a, {"val": "validation"}),
+        _setup_call(),
+        ValueError,
+        "validation",
+    ),
+    ("view", lambda a: a[:40], _setup_call(), TypeError, "view"),
+    ("zero-genes", lambda a: a[:, []].copy(), _setup_call(), ValueError, "genes"),
+    ("task", None, _setup_call(prediction_task="classification"), ValueError, "classification"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "call", "exc", "match"),
+    [pytest.param(*case[1:], id=case[0]) for case in _SETUP_FAIL],
+)
+def test_setup_anndata_rejects_bad_input(mutate, call, exc, match):
+    adata = _prepared()
+    if mutate is not None:
+        adata = mutate(adata)
+    _expect_failure(call, adata, exc, match)
+
+
+def test_model_rejects_duplicated_genes_and_unset_adata():
+    adata = _prepared()
+    _dup_var(adata)
+    _expect_failure(_setup_call(), adata, ValueError, "var_names")
+    adata.uns["interscale"] = {"setup": {"layer_key": "log1p_norm", "sample_key": ["sample"]}}
+    adata.uns["interscale"]["setup"]["split_key"] = "split"
+    _expect_failure(lambda a: CombinedModel(a, _cfg()), adata, ValueError, "var_names")
+    fresh = _prepared()
+    _expect_failure(lambda a: CombinedModel(a, _cfg()), fresh, ValueError, "_setup_anndata")
+    # no graph yet: the model builds one, so missing or NaN coordinates must be named
+    for mutate, exc in [
+        (_without_coords, KeyError),
+        (lambda a: _with_coords(a, np.nan), ValueError),
+    ]:
+        nograph = _raw()
+        isc.pp.normalize(nograph, key_added="log1p_norm")
+        _setup(nograph)
+        nograph = mutate(nograph)
+        _expect_failure(lambda a: CombinedModel(a, _cfg()), nograph, exc, "spatial")
+    adata = _prepared()
+    _setup(adata)
+    _expect_failure(lambda a: CombinedModel(a, {"n_embed": 8}), adata, TypeError, "cfg")
+
+
+def _train_and_check(adata: ad.AnnData, layer_key: str | None = "log1p_norm", **cfg_overrides):
+    _setup(adata, layer_key=layer_key)
+    model = CombinedModel(adata, _cfg(**cfg_overrides))
+    model.train(progress_bar=False)
+    model.get_model_output(adata)
+    for key in ("_local_emb", "_global_emb"):
+        assert adata.obsm[key].shape == (adata.n_obs, model.cfg.model.n_embed)
+        assert np.isfinite(adata.obsm[key]).all()
+    for key in ("_y_pred_local", "_y_pred_global"):
+        assert np.isfinite(adata.layers[key]).all()
+    return model
+
+
+@pytest.mark.parametrize("kind", ["int64-dense", "float16-dense", "float64-csc"])
+def test_training_accepts_every_numeric_layer_type(kind):
+    adata = _prepared()
+    dense = adata.layers["log1p_norm"].toarray()
+    dtype, fmt = kind.split("-")
+    dtype = {"int64": np.int64, "float64": np.float64, "float16": np.float16}[dtype]
+    m = (np.rint(dense) if dtype is np.int64 else dense).astype(dtype)
+    adata.layers["input"] = sp.csc_matrix(m) if fmt == "csc" else m
+    _train_and_check(adata, layer_key="input")
+
+
+def test_training_works_on_degenerate_but_legal_data():
+    """Zero-count cells, a one-cell sample, an isolated cell, duplicated obs names."""
+    adata = _raw(n_samples=4)
+    m = adata.layers["raw"].toarray()
+    m[2] = 0
+    adata.layers["raw"] = sp.csr_matrix(m)
+    coords = np.array(adata.obsm["spatial"])
+    coords[3] = [1e7, 1e7]
+    adata.obsm["spatial"] = coords
+    samples = adata.obs["sample"].astype(str).to_numpy().copy()
+    samples[0] = "single"
+    adata.obs["sample"] = pd.Categorical(samples)
+    adata.obs["split"] = adata.obs["split"].astype(str)  # the lonely cell keeps its split
+    _dup_obs(adata)
+    names = adata.obs_names.copy()
+    isc.pp.normalize(adata, key_added="log1p_norm")
+    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+    _train_and_check(adata)
+    assert adata.obs_names.equals(names)
+
+
+def test_one_gene_panel_trains():
+    adata = _prepared()[:, :1].copy()
+    model = _train_and_check(adata)
+    table = calculate_gene_ranks(
+        adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+    )
+    assert list(table["gene"]) == [adata.var_names[0]] and model.module.n_embed == 16
+
+
+def test_sample_larger_than_max_seq_len_works_with_a_warning():
+    adata = _prepared()
+    with pytest.warns(UserWarning, match="max_seq_len"):
+        _train_and_check(adata, **{"model.global_component.parameters.max_seq_len": 8})
+
+
+def test_non_categorical_sample_key_works():
+    adata = _prepared()
+    adata.obs["sample"] = adata.obs["sample"].astype(str)
+    adata.obs["sample_int"] = adata.obs["sample"].factorize()[0]
+    CombinedModel._setup_anndata(
+        adata, layer_key="log1p_norm", sample_key_list=["sample_int"], view_registry=False
+    )
+    assert adata.uns["interscale"]["n_samples"] == 4
+
+
+# ----------------------------------------------------------------------------- model calls
+
+
+def _output_call(model):
+    return lambda a: model.get_model_output(a)
+
+
+@pytest.mark.parametrize("layout", ["float64-dense", "float32-dense", "float64-csc"])
+def test_inference_accepts_other_layer_layouts(trained, layout):
+    model, reference, _ = trained
+    adata = _prepared()
+    dtype, fmt = layout.split("-")
+    m = adata.layers["log1p_norm"].toarray().astype(dtype)
+    adata.layers["log1p_norm"] = m if fmt == "dense" else sp.csc_matrix(m)
+    model.get_model_output(adata)
+    np.testing.assert_allclose(
+        adata.obsm["_global_emb"], reference.obsm["_global_emb"], rtol=1e-4, atol=1e-5
+    )
+    assert np.isfinite(adata.layers["_y_pred_local"]).all()
+
+
+def test_get_model_output_rejects_bad_input(trained):
+    model, adata, _ = trained
+    bad_cases = [
+        (lambda a: _with_layer_value(a, "log1p_norm", np.nan), ValueError, "log1p_norm"),
+        (lambda a: a[:, :5].copy(), ValueError, "genes"),
+        (lambda a: a[:30], TypeError, "view"),
+        (lambda a: _dropped_layer(a), KeyError, "log1p_norm"),
+    ]
+    for mutate, exc, match in bad_cases:
+        target = mutate(_prepared())
+        _expect_failure(_output_call(model), target, exc, match)
+    _expect_failure(lambda a: model.get_model_output(a, attention_top_k=0), adata, ValueError, "k")
+
+
+def _dropped_layer(adata):
+    del adata.layers["log1p_norm"]
+    return adata
+
+
+def test_train_rejects_bad_arguments(trained):
+    model, _, _ = trained
+    for kwargs, match in [
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"resume": True}, "checkpoint_dir"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model.train(progress_bar=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------- config
+
+_CONFIG_FAIL = [
+    ("unknown-key", {"model.n_embedd": 8}, ValueError, "n_embedd"),
+    ("wrong-type", {"model.n_embed": "sixteen"}, TypeError, "n_embed"),
+    ("mask-0", {"dataset.pct_mask_nodes": 0.0}, ValueError, "pct_mask_nodes"),
+    ("mask-1", {"dataset.pct_mask_nodes": 1.0}, ValueError, "pct_mask_nodes"),
+    ("heads", {"model.n_embed": 10}, ValueError, "n_heads|n_embed"),
+    ("component", {"model.local_component.name": "GAT"}, ValueError, "GAT"),
+    ("bool-as-str", {"optim.early_stopping": "yes"}, TypeError, "early_stopping"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "exc", "match"), [pytest.param(*c[1:], id=c[0]) for c in _CONFIG_FAIL]
+)
+def test_config_rejects_bad_values(overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        with_overrides(load_config(None), overrides)
+
+
+def test_config_file_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  n_embd: 16\n")
+    with pytest.raises(ValueError, match="n_embd"):
+        load_config(path)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _load(path, adata, **kwargs):
+    return CombinedModel.load(path, adata, verbose=False, **kwargs)
+
+
+def test_load_rejects_bad_checkpoints(trained, tmp_path):
+    model, _, good = trained
+    adata = _prepared()
+    _setup(adata)
+    good_bytes = Path(good).read_bytes()
+
+    def expect(path, exc, match, target=adata, **kwargs):
+        _expect_failure(lambda a: _load(path, a, **kwargs), target, exc, match)
+
+    expect(tmp_path / "nothing_here.pt", FileNotFoundError, "nothing_here")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good_bytes[: len(good_bytes) // 2])
+    expect(truncated, ValueError, "truncated.pt")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    expect(noise, ValueError, "noise.pt")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    expect(empty, ValueError, "empty.pt")
+    # another gene panel
+    other = _prepared()[:, :6].copy()
+    _setup(other)
+    expect(good, ValueError, "genes", target=other)
+    # another n_embed in the config given
+    expect(good, ValueError, "n_embed", cfg=_cfg(**{"model.n_embed": 8}))
+    # a checkpoint written with another n_embed, loaded with the config of this model
+    adata8 = _prepared()
+    _setup(adata8)
+    small = CombinedModel(adata8, _cfg(**{"model.n_embed": 8}))
+    path8 = small.save(tmp_path / "n8")
+    expect(path8, ValueError, "n_embed", cfg=model.cfg)
+    # the same file loads fine, with its own config
+    loaded = _load(path8, adata)
+    assert loaded.module.n_embed == 8
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _eval_adata(trained):
+    return trained[1].copy()
+
+
+def _nan_rows(adata, key, rows=(0, 1)):
+    z = np.array(adata.obsm[key])
+    z[list(rows)] = np.nan
+    adata.obsm[key] = z
+    return adata
+
+
+def _bad_loadings(adata, key="_global_std_gene_loadings"):
+    adata.varm[key] = np.ones((adata.n_vars, 3), dtype=np.float32)
+    return adata
+
+
+_EVAL_FAIL = [
+    # calculate_gene_ranks
+    (
+        "ranks-missing-local",
+        None,
+        lambda a: calculate_gene_ranks(
+            a, layers_local_pred="nope", layers_global_pred="_y_pred_global"
+        ),
+        KeyError,
+        "nope",
+    ),
+    (
+        "ranks-missing-truth",
+        None,
+        lambda a: calculate_gene_ranks(
+            a,
+            layers_local_pred="_y_pred_local",
+            layers_global_pred="_y_pred_global",
+            layer_true="nope",
+        ),
+        KeyError,
+        "nope",
+    ),
+    (
+        "ranks-nan-pred",
+        lambda a: _with_layer_value(a, "_y_pred_local", np.nan),
+        lambda a: calculate_gene_ranks(
+            a, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+        ),
+        None,
+        None,
+    ),
+    (
+        "ranks-view",
+        lambda a: a[:20],
+        lambda a: calculate_gene_ranks(
+            a, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+        ),
+        None,
+        None,
+    ),
+    # gene_loadings
+    ("loadings-missing-layer", None, "loadings-nolayer", KeyError, "nope"),
+    (
+        "loadings-missing-emb",
+        lambda a: _drop_obsm(a, "_global_emb"),
+        "loadings",
+        KeyError,
+        "_global_emb",
+    ),
+    ("loadings-nan-emb", lambda a: _nan_rows(a, "_local_emb"), "loadings", None, None),
+    ("loadings-view", lambda a: a[:20], "loadings", TypeError, "view"),
+    # latent_rank_report
+    ("latent-missing", None, lambda a: latent_rank_report(a, z_key="nope"), KeyError, "nope"),
+    (
+        "latent-nan",
+        lambda a: _nan_rows(a, "_global_emb"),
+        lambda a: latent_rank_report(a),
+        None,
+        None,
+    ),
+    # calculate_dim_importance
+    (
+        "dims-missing-s",
+        None,
+        lambda a: calculate_dim_importance(a, s_key="nope"),
+        KeyError,
+        "nope",
+    ),
+    (
+        "dims-missing-z",
+        None,
+        lambda a: calculate_dim_importance(a, z_key="nope"),
+        KeyError,
+        "nope",
+    ),
+    ("dims-bad-shape", _bad_loadings, lambda a: calculate_dim_importance(a), ValueError, "dims"),
+    (
+        "dims-few-rows",
+        lambda a: _nan_rows(a, "_global_emb", rows=range(2, a.n_obs)),
+        lambda a: calculate_dim_importance(a),
+        ValueError,
+        "_global_emb",
+    ),
+    (
+        "dims-mode",
+        None,
+        lambda a: calculate_dim_importance(a, mode="half"),
+        ValueError,
+        "half",
+    ),
+    # get_genes_dim
+    ("genes-dim-range", None, lambda a: get_genes_dim(a, [99]), ValueError, "99"),
+    ("genes-dim-neg", None, lambda a: get_genes_dim(a, [-100]), ValueError, "-100"),
+    ("genes-dim-empty", None, lambda a: get_genes_dim(a, []), ValueError, "dims"),
+    ("genes-dim-type", None, lambda a: get_genes_dim(a, ["a"]), TypeError, "dims"),
+    (
+        "genes-dim-no-gene-left",
+        None,
+        lambda a: get_genes_dim(a, [0, 1], X_layer="log1p_norm", min_sd=1e9),
+        ValueError,
+        "min_sd",
+    ),
+    (
+        "genes-dim-bad-shape",
+        _bad_loadings,
+        lambda a: get_genes_dim(a, [5]),
+        ValueError,
+        "5",
+    ),
+    ("genes-dim-which", None, lambda a: get_genes_dim(a, [0], which="both"), ValueError, "both"),
+]
+
+
+def _assert_finite_result(result) -> None:
+    """Every number in a returned table / dict / AnnData varm is finite."""
+    if isinstance(result, ad.AnnData):
+        for value in result.varm.values():
+            assert np.isfinite(value).all()
+    elif isinstance(result, pd.DataFrame):
+        numeric = result.select_dtypes("number").to_numpy(dtype=float)
+        assert np.isfinite(numeric).all()
+    elif isinstance(result, dict):
+        for value in result.values():
+            if isinstance(value, int | float | np.number):
+                assert np.isfinite(value)
+
+
+def _drop_obsm(adata, key):
+    del adata.obsm[key]
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("mutate", "call", "exc", "match"), [pytest.param(*c[1:], id=c[0]) for c in _EVAL_FAIL]
+)
+def test_evaluation_rejects_bad_input(trained, mutate, call, exc, match):
+    model = trained[0]
+    adata = _eval_adata(trained)
+    if mutate is not None:
+        adata = mutate(adata)
+    if call == "loadings":
+        call = lambda a: gene_loadings(a, model, layer_key="log1p_norm")  # noqa: E731
+    elif call == "loadings-nolayer":
+        call = lambda a: gene_loadings(a, model, layer_key="nope")  # noqa: E731
+    if exc is None:  # legal input (NaN entries/rows are documented as skipped): must work
+        result = call(adata)
+        _assert_finite_result(result)
+        return
+    _expect_failure(call, adata, exc, match)
+
+
+def test_get_genes_dim_filters_that_leave_no_gene_raise_or_return_empty(trained):
+    adata = _eval_adata(trained)
+    before = _fingerprint(adata)
+    try:
+        table = get_genes_dim(adata, [0, 1], X_layer="log1p_norm", min_frac=1.0 + 1e-9)
+    except ValueError as err:
+        assert "min_frac" in str(err)
+    else:
+        assert len(table) == 0
+    assert _fingerprint(adata) == before
+
+
+def test_dim_importance_with_three_finite_rows_is_finite(trained):
+    adata = _eval_adata(trained)
+    _nan_rows(adata, "_global_emb", rows=range(3, adata.n_obs))
+    out = calculate_dim_importance(adata)  # NaN rows are skipped, 3 finite rows suffice
+    assert np.isfinite(np.asarray(out["y_sorted"], dtype=float)).all()
+    assert sorted(np.asarray(out["dim_sorted"]).tolist()) == list(
+        range(adata.obsm["_global_emb"].shape[1])
+    )
+
+
+# ----------------------------------------------------------------------------- enrichment
+
+
+def test_enrich_rejects_bad_gene_lists():
+    with pytest.raises(ValueError, match="empty"):
+        isc.tl.enrich([], gene_sets={"a": ["X1", "X2", "X3"]})
+    with pytest.raises(ValueError, match=re.escape("NOT_A_GENE")):
+        isc.tl.enrich(["NOT_A_GENE"], gene_sets={"a": ["X1", "X2", "X3"]})
+    with pytest.raises(TypeError, match="gene_list"):
+        isc.tl.enrich("X1", gene_sets={"a": ["X1", "X2", "X3"]})
+    with pytest.raises(ValueError, match="NO_SUCH_LIBRARY"):
+        isc.tl.enrich(["X1"], gene_sets="NO_SUCH_LIBRARY")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+    missing = tmp_path / "missing.h5ad"
+    out = tmp_path / "out.h5ad"
+    code = cli_main(
+        ["output", "--h5ad", str(missing), "--checkpoint", str(tmp_path), "--out", str(out)]
+    )
+    assert code == 2
+    assert "missing.h5ad" in capsys.readouterr().err
+    assert not out.exists()
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("optim:\n  n_epoch: 1\n")
+    code = cli_main(["train", "--config", str(bad_cfg), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert "n_epoch" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -1,0 +1,126 @@
+"""evaluate_to_folder and `interscale evaluate` on a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import interscale as isc
+from interscale.cli import main
+from interscale.config import load_config, with_overrides
+from interscale.evaluation import calculate_gene_ranks, evaluate_to_folder
+from interscale.model import CombinedModel
+
+
+@pytest.fixture(scope="module")
+def trained_files(tmp_path_factory):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    root = tmp_path_factory.mktemp("report")
+    adata = isc.datasets.synthetic_organoids(n_samples=5, cells_per_sample=(120, 200), seed=0)
+    isc.pp.normalize(adata, key_added="log1p_norm")
+    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+    CombinedModel._setup_anndata(
+        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
+    )
+    cfg = with_overrides(
+        load_config(None),
+        {
+            "optim.n_epochs": 2,
+            "optim.min_epochs": 0,
+            "optim.lr_warmup": 1,
+            "dataset.batch_size": 2,
+            "dataset.name": "tiny",
+            "model.local_component.parameters.hidden_dim": 32,
+            "model.global_component.parameters.dim_feedforward": 32,
+        },
+    )
+    model = CombinedModel(adata, cfg)
+    model.train(progress_bar=False)
+    ckpt = model.save(root / "ckpt")
+    model.get_model_output(adata)
+    h5ad = root / "trained.h5ad"
+    adata.write_h5ad(h5ad)
+    return h5ad, ckpt, adata
+
+
+_EXPECTED_FILES = [
+    "gene_ranks.csv",
+    "gene_ranks.png",
+    "latent_rank.csv",
+    "latent_correlation_local.png",
+    "latent_correlation_global.png",
+    "loadings_local.csv",
+    "loadings_global.csv",
+    "dim_importance_local.csv",
+    "dim_importance_global.csv",
+    "dim_importance_local.png",
+    "dim_importance_global.png",
+    "genes_dim_local.csv",
+    "genes_dim_global.csv",
+    "genes_dim_local.png",
+    "genes_dim_global.png",
+    "enrichment_local.csv",
+    "enrichment_global.csv",
+    "metrics.json",
+]
+
+
+def test_evaluate_to_folder_writes_tables_figures_and_metrics(trained_files, tmp_path):
+    h5ad, ckpt, adata = trained_files
+    out = tmp_path / "eval"
+    metrics = evaluate_to_folder(h5ad, ckpt, out)
+    for name in _EXPECTED_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    # no temp files left behind
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+
+    # R^2 means agree with an independent per-gene computation
+    ranks = calculate_gene_ranks(
+        adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+    )
+    truth = adata.layers["log1p_norm"].toarray().astype(np.float64)
+    pred = np.asarray(adata.layers["_y_pred_local"], dtype=np.float64)
+    ss_tot = ((truth - truth.mean(0)) ** 2).sum(0)
+    r2 = 1 - ((truth - pred) ** 2).sum(0) / ss_tot
+    assert metrics["mean_r2_local"] == pytest.approx(np.mean(r2[ss_tot > 0]), rel=1e-6)
+    table = pd.read_csv(out / "gene_ranks.csv")
+    np.testing.assert_allclose(table["Rank Difference"], ranks["Rank Difference"])
+
+    # important dims come from the computed importance, and the genes_dim table uses them
+    for head in ("local", "global"):
+        dims = metrics[f"important_dims_{head}"]
+        assert metrics[f"n_important_dims_{head}"] == len(dims) >= 1
+        imp = pd.read_csv(out / f"dim_importance_{head}.csv")
+        assert set(dims) == set(imp["dim"].head(len(dims)))
+        genes_dim = pd.read_csv(out / f"genes_dim_{head}.csv", index_col=0)
+        assert [int(c) for c in genes_dim.columns] == dims
+        assert 1 <= metrics[f"latent_rank_{head}"] <= 16
+    assert 0.0 <= metrics["auroc_rank_difference"] <= 1.0
+
+
+def test_cli_evaluate_returns_zero(trained_files, tmp_path):
+    h5ad, ckpt, _ = trained_files
+    out = tmp_path / "cli"
+    assert (
+        main(["evaluate", "--h5ad", str(h5ad), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    )
+    assert (out / "metrics.json").is_file()
+
+
+def test_missing_outputs_raise_before_writing(trained_files, tmp_path):
+    h5ad, ckpt, adata = trained_files
+    bare = adata.copy()
+    del bare.layers["_y_pred_global"]
+    path = tmp_path / "bare.h5ad"
+    bare.write_h5ad(path)
+    with pytest.raises(KeyError, match="_y_pred_global"):
+        evaluate_to_folder(path, ckpt, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(FileNotFoundError):
+        evaluate_to_folder(tmp_path / "nope.h5ad", ckpt, tmp_path / "never")
