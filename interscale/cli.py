@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from interscale._io import atomic_file, atomic_write_text
 
 __all__ = ["main", "run_job", "heldout_r2"]
 
@@ -20,23 +20,13 @@ _DEFAULT_JOB_CONFIG = "config_files/synthetic_example.yaml"
 
 def _write_json_atomic(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True), path)
 
 
 def _write_h5ad_atomic(adata, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".h5ad")
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".h5ad") as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def heldout_r2(adata, pred_key: str, truth_key: str, split_key: str = "split") -> dict[str, float]:

@@ -53,13 +53,14 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+
+from interscale._io import atomic_write_text
 
 __all__ = [
     "ACCELERATORS",
@@ -1284,12 +1285,5 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
     if not p.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "directory does not exist", str(p.parent))
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(text, p)
     return p

@@ -8,13 +8,14 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from interscale._io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 _HERE = Path(__file__).resolve().parent
@@ -24,14 +25,7 @@ _NONDETERMINISTIC = ("seconds",)
 
 def _write_text_atomic(text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_text(text, path)
 
 
 def load_expected(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -4,62 +4,38 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from interscale._io import atomic_file, atomic_write_text
+
 __all__ = ["evaluate_to_folder"]
 
 _HEADS = ("local", "global")
 
 
-def _atomic_path(path: Path) -> tuple[str, Path]:
-    """A temp file name in the target's folder (same suffix, so writers pick the right format)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    return tmp, path
-
-
-def _commit(tmp: str, path: Path) -> None:
-    os.replace(tmp, path)
-
-
 def _write_csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
-    tmp, path = _atomic_path(path)
-    try:
+    with atomic_file(path, suffix=path.suffix) as tmp:
         df.to_csv(tmp, index=index)
-        _commit(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    tmp, path = _atomic_path(path)
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True)
-        _commit(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True), path)
 
 
 def _save_figure(ax: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = ax.figure if hasattr(ax, "figure") else ax
-    tmp, path = _atomic_path(path)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        _commit(tmp, path)
+        # the temp name keeps the suffix so that savefig picks the format from it
+        with atomic_file(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _top_term(table: pd.DataFrame) -> tuple[str | None, float | None]:

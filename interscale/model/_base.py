@@ -6,7 +6,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from interscale._io import atomic_write_bytes
 from interscale._version import __version__
 from interscale.config import Config, config_from_dict, load_config
 from interscale.graphs import SampleGraph, anndata_to_graphs, sample_labels
@@ -62,20 +62,6 @@ def _check_finite_layer(matrix, layer_key: str | None) -> None:
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         n_bad = int((~np.isfinite(data)).sum())
         raise ValueError(f"layer {layer_key!r} holds {n_bad} NaN or infinite values")
-
-
-def _atomic_write_bytes(payload: bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _physical_memory_bytes() -> int | None:
@@ -799,7 +785,7 @@ class BaseModel:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         buffer = io.BytesIO()
         torch.save(self._checkpoint(), buffer)
-        _atomic_write_bytes(buffer.getvalue(), path)
+        atomic_write_bytes(buffer.getvalue(), path, fsync=True)
         return path
 
     @classmethod

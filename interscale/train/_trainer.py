@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from interscale._io import atomic_file
 from interscale.graphs import GraphBatch, SampleGraph, iterate_batches
 from interscale.train._losses import make_loss
 from interscale.train._masking import draw_mask
@@ -172,15 +171,8 @@ def evaluate_masked(
 
 def _atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def fit(
