@@ -99,6 +99,27 @@ def _preprocess(adata, cfg) -> None:
         )
 
 
+def _set_up_model(cfg, h5ad: str | None, n_samples: int | None):
+    """Seed, load (or generate) and preprocess the data, set it up and build the model.
+
+    Returns the AnnData, a description of its source, the model and the seconds spent loading.
+    """
+    import interscale as isc
+
+    isc.tl.set_full_reproducibility(cfg.optim.seed)
+    t0 = time.perf_counter()
+    adata, source = _load_or_make_data(cfg, h5ad, n_samples, seed=0)
+    load_seconds = time.perf_counter() - t0
+    _preprocess(adata, cfg)
+    isc.model.CombinedModel._setup_anndata(
+        adata,
+        layer_key=cfg.dataset.layer_key,
+        sample_key_list=list(cfg.dataset.sample_key),
+        split_key=cfg.dataset.split_key,
+    )
+    return adata, source, isc.model.CombinedModel(adata, cfg), load_seconds
+
+
 def run_job(
     config: str | None = None,
     out: str = "results/job",
@@ -112,23 +133,11 @@ def run_job(
 
     Returns the report dict, also written to ``<out>/report.json``.
     """
-    import interscale as isc
-
     t_start = time.perf_counter()
     if config is None and Path(_DEFAULT_JOB_CONFIG).is_file():
         config = _DEFAULT_JOB_CONFIG
     cfg = _load_cfg(config, {"optim.n_epochs": epochs} if epochs else {})
-    isc.tl.set_full_reproducibility(cfg.optim.seed)
-    adata, source = _load_or_make_data(cfg, h5ad, n_samples, seed=0)
-    t_data = time.perf_counter()
-    _preprocess(adata, cfg)
-    isc.model.CombinedModel._setup_anndata(
-        adata,
-        layer_key=cfg.dataset.layer_key,
-        sample_key_list=list(cfg.dataset.sample_key),
-        split_key=cfg.dataset.split_key,
-    )
-    model = isc.model.CombinedModel(adata, cfg)
+    adata, source, model, data_seconds = _set_up_model(cfg, h5ad, n_samples)
     print(model.summary())
     t_train0 = time.perf_counter()
     model.train(accelerator=accelerator, progress_bar=progress_bar)
@@ -150,7 +159,7 @@ def run_job(
         "seconds_per_epoch": float(model.history_["seconds"].mean()),
         "train_seconds": t_train,
         "inference_seconds": t_inf,
-        "data_seconds": t_data - t_start,
+        "data_seconds": data_seconds,
         "heldout_r2_local": r2_local,
         "heldout_r2_global": r2_global,
         "checkpoint": str(ckpt),
@@ -196,20 +205,9 @@ def _print_report(report: dict) -> None:
 
 
 def _cmd_train(args) -> int:
-    import interscale as isc
-
     overrides = {"optim.n_epochs": args.epochs} if args.epochs else {}
     cfg = _load_cfg(args.config, overrides)
-    isc.tl.set_full_reproducibility(cfg.optim.seed)
-    adata, source = _load_or_make_data(cfg, args.h5ad, None, seed=0)
-    _preprocess(adata, cfg)
-    isc.model.CombinedModel._setup_anndata(
-        adata,
-        layer_key=cfg.dataset.layer_key,
-        sample_key_list=list(cfg.dataset.sample_key),
-        split_key=cfg.dataset.split_key,
-    )
-    model = isc.model.CombinedModel(adata, cfg)
+    adata, _, model, _ = _set_up_model(cfg, args.h5ad, None)
     model.train(accelerator=args.accelerator, progress_bar=not args.quiet)
     path = model.save(args.out, overwrite=args.overwrite)
     _write_h5ad_atomic(adata, Path(args.out) / "preprocessed.h5ad")

@@ -5,7 +5,15 @@ from interscale.graphs._graphs import (
     SampleGraph,
     anndata_to_graphs,
     iterate_batches,
+    layer_matrix,
     sample_labels,
 )
 
-__all__ = ["GraphBatch", "SampleGraph", "anndata_to_graphs", "iterate_batches", "sample_labels"]
+__all__ = [
+    "GraphBatch",
+    "SampleGraph",
+    "anndata_to_graphs",
+    "iterate_batches",
+    "layer_matrix",
+    "sample_labels",
+]

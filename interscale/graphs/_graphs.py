@@ -11,7 +11,14 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-__all__ = ["SampleGraph", "GraphBatch", "sample_labels", "anndata_to_graphs", "iterate_batches"]
+__all__ = [
+    "GraphBatch",
+    "SampleGraph",
+    "anndata_to_graphs",
+    "iterate_batches",
+    "layer_matrix",
+    "sample_labels",
+]
 
 
 @dataclass
@@ -138,7 +145,14 @@ def sample_labels(adata: AnnData, sample_keys: Sequence[str]) -> pd.Series:
     return labels.reset_index(drop=True)
 
 
-def _layer_matrix(adata: AnnData, layer_key: str | None):
+def layer_matrix(adata: AnnData, layer_key: str | None):
+    """Return ``adata.layers[layer_key]`` (``adata.X`` for ``None``), naming a missing layer.
+
+    Raises
+    ------
+    KeyError
+        If ``layer_key`` is not a layer; the message lists the available ones.
+    """
     if layer_key is None:
         return adata.X
     if layer_key not in adata.layers:
@@ -191,7 +205,7 @@ def anndata_to_graphs(
             f"spatial graph {connectivity_key!r} is not in adata.obsp; "
             "build it with interscale.pp.spatial_neighbors"
         )
-    matrix = _layer_matrix(adata, layer_key)
+    matrix = layer_matrix(adata, layer_key)
     labels = sample_labels(adata, sample_keys)
     codes, uniques = pd.factorize(labels, sort=False)
     order = np.argsort(codes, kind="stable")

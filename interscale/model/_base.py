@@ -20,6 +20,7 @@ from interscale._io import atomic_write_bytes
 from interscale._version import __version__
 from interscale.config import Config, config_from_dict, load_config
 from interscale.graphs import SampleGraph, anndata_to_graphs, sample_labels
+from interscale.graphs import layer_matrix as _layer
 from interscale.model._module import InterScaleModule
 from interscale.train import TrainSettings, evaluate_masked, fit, fold_masks, resolve_device
 
@@ -43,16 +44,6 @@ def _check_adata(adata: Any, what: str = "adata") -> None:
             f"{what} is a view of another AnnData; pass a copy (adata[mask].copy()) so that "
             "results can be written into it"
         )
-
-
-def _layer(adata: AnnData, layer_key: str | None):
-    if layer_key is None:
-        return adata.X
-    if layer_key not in adata.layers:
-        raise KeyError(
-            f"layer {layer_key!r} is not in adata.layers; available layers: {list(adata.layers)}"
-        )
-    return adata.layers[layer_key]
 
 
 def _check_finite_layer(matrix, layer_key: str | None) -> None:

@@ -115,7 +115,8 @@ def spatial_neighbors(
     else:
         n_neighs = _check_n_neighs(n_neighs)
     coords = get_coordinates(adata, spatial_key)
-    codes, n_libraries = get_library_codes(adata, library_key)
+    codes, libraries = get_library_codes(adata, library_key)
+    n_libraries = len(libraries)
     check_finite_coordinates(coords, spatial_key)
 
     n = adata.n_obs
@@ -204,7 +205,8 @@ def neighborhood_stats(
     if adata.n_obs == 0:
         raise ValueError("adata has no cells")
     coords = get_coordinates(adata, spatial_key)
-    codes, n_libraries = get_library_codes(adata, library_key)
+    codes, libraries = get_library_codes(adata, library_key)
+    n_libraries = len(libraries)
     check_finite_coordinates(coords, spatial_key)
 
     counts = np.zeros((len(radii_f), adata.n_obs), dtype=np.int64)

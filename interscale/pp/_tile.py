@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from interscale.pp._validate import check_finite_coordinates, get_coordinates
+from interscale.pp._validate import check_finite_coordinates, get_coordinates, get_library_codes
 
 __all__ = ["tile"]
 
@@ -78,15 +78,7 @@ def tile(
         raise ValueError(f"max_cells must be a positive integer, got {max_cells!r}")
     coords = get_coordinates(adata, spatial_key)
     check_finite_coordinates(coords, spatial_key)
-    if library_key not in adata.obs.columns:
-        raise KeyError(
-            f"library_key {library_key!r} not found in adata.obs "
-            f"(available columns: {list(adata.obs.columns)})"
-        )
-    samples = adata.obs[library_key]
-    if samples.isna().any():
-        raise ValueError(f"library_key {library_key!r} has {int(samples.isna().sum())} NaN values")
-    codes, names = pd.factorize(samples.astype(str), sort=True)
+    codes, names = get_library_codes(adata, library_key)
     labels = np.empty(adata.n_obs, dtype=object)
     for code, name in enumerate(names):
         rows = np.flatnonzero(codes == code)

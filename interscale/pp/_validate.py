@@ -57,8 +57,8 @@ def check_finite_coordinates(coords: np.ndarray, spatial_key: str) -> None:
         )
 
 
-def get_library_codes(adata: ad.AnnData, library_key: str | None) -> tuple[np.ndarray, int]:
-    """Integer library code per cell and the number of libraries (one library if key is None).
+def get_library_codes(adata: ad.AnnData, library_key: str | None) -> tuple[np.ndarray, list[str]]:
+    """Integer library code per cell and the library names, sorted (one library if key is None).
 
     Raises
     ------
@@ -68,7 +68,7 @@ def get_library_codes(adata: ad.AnnData, library_key: str | None) -> tuple[np.nd
         If the column has missing values.
     """
     if library_key is None:
-        return np.zeros(adata.n_obs, dtype=np.int64), 1
+        return np.zeros(adata.n_obs, dtype=np.int64), ["all"]
     if library_key not in adata.obs.columns:
         raise KeyError(
             f"library_key {library_key!r} not found in adata.obs "
@@ -78,7 +78,7 @@ def get_library_codes(adata: ad.AnnData, library_key: str | None) -> tuple[np.nd
     if col.isna().any():
         raise ValueError(f"adata.obs[{library_key!r}] has {int(col.isna().sum())} missing values")
     codes, uniques = pd.factorize(col, sort=True)
-    return codes.astype(np.int64), len(uniques)
+    return codes.astype(np.int64), [str(u) for u in uniques]
 
 
 def check_positive_number(value: object, name: str) -> float:
