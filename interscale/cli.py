@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,6 +104,11 @@ def _set_up_model(cfg, h5ad: str | None, n_samples: int | None):
     """
     import interscale as isc
 
+    if not cfg.dataset.sample_key:
+        raise ValueError(
+            "the config sets no dataset.sample_key (the obs column(s) naming each sample); "
+            "pass --config with a dataset section, e.g. config_files/synthetic_example.yaml"
+        )
     isc.tl.set_full_reproducibility(cfg.optim.seed)
     t0 = time.perf_counter()
     adata, source = _load_or_make_data(cfg, h5ad, n_samples, seed=0)
@@ -200,11 +207,43 @@ def _print_report(report: dict) -> None:
     print(f"  total             {report['total_seconds']:.1f} s")
 
 
+def _is_main_process() -> bool:
+    """False on the ranks other than 0 of a ``torchrun`` launch (they neither write nor print)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    from interscale.train._distributed import env_world
+
+    env = env_world()
+    return env is None or env[0] == 0
+
+
 def _cmd_train(args) -> int:
+    if not _is_main_process():
+        # the other ranks of a torchrun launch train silently (errors still go to stderr)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            return _train_and_save(args, main=False)
+    return _train_and_save(args, main=True)
+
+
+def _train_and_save(args, main: bool) -> int:
+    if args.strategy == "ddp":
+        from interscale.train._distributed import check_launch
+
+        check_launch()  # before the data is loaded
     overrides = {"optim.n_epochs": args.epochs} if args.epochs else {}
-    cfg = _load_cfg(args.config, overrides)
-    adata, _, model, _ = _set_up_model(cfg, args.h5ad, None)
-    model.train(accelerator=args.accelerator, progress_bar=not args.quiet)
+    if args.batch_size:
+        overrides["dataset.batch_size"] = args.batch_size
+    config = args.config
+    if config is None and args.h5ad is None and Path(_DEFAULT_JOB_CONFIG).is_file():
+        config = _DEFAULT_JOB_CONFIG  # the built-in data's own config, as for `job`
+    cfg = _load_cfg(config, overrides)
+    adata, _, model, _ = _set_up_model(cfg, args.h5ad, args.n_samples)
+    strategy = None if args.strategy == "auto" else args.strategy
+    model.train(accelerator=args.accelerator, progress_bar=not args.quiet, strategy=strategy)
+    if not main:
+        return 0
     path = model.save(args.out, overwrite=args.overwrite)
     _write_h5ad_atomic(adata, Path(args.out) / "preprocessed.h5ad")
     print(f"saved {path}")
@@ -253,11 +292,32 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a CombinedModel and save it")
-    p.add_argument("--config", help="YAML config (default: built-in defaults)")
+    p.add_argument(
+        "--config",
+        help="YAML config (default: config_files/synthetic_example.yaml for the built-in data)",
+    )
     p.add_argument("--h5ad", help="input AnnData (default: config's h5ad_data or built-in data)")
     p.add_argument("--out", default="results/train", help="output folder")
     p.add_argument("--epochs", type=int, help="override optim.n_epochs")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        dest="batch_size",
+        help="override dataset.batch_size (graphs per step; under ddp the global batch)",
+    )
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        dest="n_samples",
+        help="samples of the built-in synthetic data (when no h5ad is given)",
+    )
     p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "single", "ddp"],
+        default="auto",
+        help="single process or DistributedDataParallel (auto: ddp under torchrun)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)

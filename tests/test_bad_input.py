@@ -830,3 +830,13 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     assert code == 2
     assert "n_epoch" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_cli_train_without_sample_key_names_the_setting(tmp_path, capsys):
+    adata = isc.datasets.synthetic_organoids(n_samples=2, cells_per_sample=50, seed=0)
+    path = tmp_path / "data.h5ad"
+    adata.write_h5ad(path)
+    code = cli_main(["train", "--h5ad", str(path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert "dataset.sample_key" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interscale.graphs import GraphBatch, anndata_to_graphs, iterate_batches
+from interscale.graphs import GraphBatch, anndata_to_graphs, iter_graphs, iterate_batches
 from interscale.train import draw_mask, fold_masks
 
 
@@ -125,3 +125,160 @@ def test_fold_masks_cover_every_cell_once(n, pct):
     total = torch.stack(masks).sum(0)
     assert (total == 1).all()
     assert len(masks) == min(n, int(np.ceil(1 / pct - 1e-9)))
+
+
+# ---------------------------------------------------------------------------------------- halo
+def _halo_adata(rng, n_cells, n_tiles, p_halo):
+    """Random graph and layer; tiles as the sample key and a random halo membership."""
+    adata, tiles, x, adj = _random_adata(rng, n_cells, 3, n_tiles, False)
+    member = rng.random((n_cells, n_tiles)) < p_halo
+    member[np.arange(n_cells), tiles] = False  # never in the own tile
+    adata.obsm["tile_halo"] = sp.csr_matrix(member)
+    return adata, tiles, x, adj.toarray(), member
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_cells=st.integers(4, 50),
+    n_tiles=st.integers(1, 4),
+    p_halo=st.sampled_from([0.0, 0.2, 0.6]),
+    seed=st.integers(0, 10_000),
+)
+def test_halo_graphs_hold_core_then_halo_with_all_their_edges(n_cells, n_tiles, p_halo, seed):
+    rng = np.random.default_rng(seed)
+    n_tiles = min(n_tiles, n_cells)
+    adata, tiles, x, dense, member = _halo_adata(rng, n_cells, n_tiles, p_halo)
+    graphs = anndata_to_graphs(adata, layer_key="L", sample_keys=["sample"], halo_key="tile_halo")
+    lazy = list(iter_graphs(adata, layer_key="L", sample_keys=["sample"], halo_key="tile_halo"))
+    cats = list(adata.obs["sample"].cat.categories)
+    core_seen = []
+    for g, g2 in zip(graphs, lazy, strict=True):
+        t = cats.index(g.name)
+        nodes = g.cell_index.numpy()
+        core = g.core.numpy()
+        n_core = int((tiles == t).sum())
+        # core cells (the tile's own, in obs order) first, then its halo cells
+        assert core[:n_core].all() and not core[n_core:].any()
+        np.testing.assert_array_equal(nodes[:n_core], np.flatnonzero(tiles == t))
+        np.testing.assert_array_equal(nodes[n_core:], np.flatnonzero(member[:, t]))
+        np.testing.assert_array_equal(g.x.numpy(), x[nodes])
+        expected = {
+            (j, i)
+            for i in range(len(nodes))
+            for j in range(len(nodes))
+            if i != j and dense[nodes[i], nodes[j]] > 0
+        }
+        assert set(map(tuple, g.edge_index.T.tolist())) == expected
+        for a, b in [(g.x, g2.x), (g.edge_index, g2.edge_index), (g.core, g2.core)]:
+            assert torch.equal(a, b)
+        core_seen.append(nodes[core])
+    assert sorted(np.concatenate(core_seen).tolist()) == list(range(n_cells))
+    batch = GraphBatch.collate(graphs)
+    assert torch.equal(batch.core, torch.cat([g.core for g in graphs]))
+    assert batch.to("cpu").core is not None
+    # without a halo key nothing changes and no core flags appear
+    plain = anndata_to_graphs(adata, layer_key="L", sample_keys=["sample"])
+    assert all(g.core is None for g in plain) and GraphBatch.collate(plain).core is None
+
+
+def test_halo_key_errors_are_named():
+    rng = np.random.default_rng(5)
+    adata, *_ = _halo_adata(rng, 30, 3, 0.3)
+    kw = {"layer_key": "L"}
+    with pytest.raises(KeyError, match="nope"):
+        anndata_to_graphs(adata, sample_keys=["sample"], halo_key="nope", **kw)
+    with pytest.raises(ValueError, match="one sample key"):
+        iter_graphs(adata, sample_keys=["sample", "split"], halo_key="tile_halo", **kw)
+    adata.obsm["wide"] = sp.csr_matrix((30, 4), dtype=bool)
+    with pytest.raises(ValueError, match="n_tiles"):
+        anndata_to_graphs(adata, sample_keys=["sample"], halo_key="wide", **kw)
+    own = adata.obsm["tile_halo"].toarray()
+    own[0, int(adata.obs["sample"].cat.codes.iloc[0])] = True
+    adata.obsm["own"] = own  # dense boolean arrays are accepted too
+    with pytest.raises(ValueError, match="own tile"):
+        anndata_to_graphs(adata, sample_keys=["sample"], halo_key="own", **kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    pct=st.floats(0.05, 0.95),
+    p_core=st.sampled_from([0.0, 0.3, 0.8, 1.0]),
+    seed=st.integers(0, 1000),
+)
+def test_draw_mask_masks_only_eligible_cells(sizes, pct, p_core, seed):
+    ptr = torch.tensor([0, *np.cumsum(sizes).tolist()])
+    eligible = torch.from_numpy(np.random.default_rng(seed).random(int(ptr[-1])) < p_core)
+    mask = draw_mask(ptr, pct, torch.Generator().manual_seed(seed), eligible=eligible)
+    assert not (mask & ~eligible).any()
+    for b in range(len(sizes)):
+        n_e = int(eligible[ptr[b] : ptr[b + 1]].sum())
+        expected = 0 if n_e == 0 else min(n_e, max(1, round(pct * n_e)))
+        assert int(mask[ptr[b] : ptr[b + 1]].sum()) == expected
+    # an all-true eligible draws exactly what eligible=None draws, from the same RNG state
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    all_true = torch.ones(int(ptr[-1]), dtype=torch.bool)
+    assert torch.equal(draw_mask(ptr, pct, g1), draw_mask(ptr, pct, g2, eligible=all_true))
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 120), pct=st.floats(0.05, 0.95), seed=st.integers(0, 1000))
+def test_fold_masks_over_eligible_cells(n, pct, seed):
+    eligible = torch.from_numpy(np.random.default_rng(seed).random(n) < 0.6)
+    masks = fold_masks(n, pct, torch.Generator().manual_seed(seed), eligible=eligible)
+    total = torch.stack(masks).sum(0)
+    assert torch.equal(total, eligible.long())
+    n_e = int(eligible.sum())
+    assert len(masks) == max(1, min(n_e, int(np.ceil(1 / pct - 1e-9))))
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    plain = fold_masks(n, pct, g1)
+    same = fold_masks(n, pct, g2, eligible=torch.ones(n, dtype=torch.bool))
+    assert all(torch.equal(a, b) for a, b in zip(plain, same, strict=True))
+    with pytest.raises(ValueError, match="shape"):
+        fold_masks(n, pct, g1, eligible=torch.ones(n + 1, dtype=torch.bool))
+
+
+class _ZeroPredictor(torch.nn.Module):
+    """Predicts a learnable constant; the loss then reads the targets of the masked cells only."""
+
+    def __init__(self, n_genes):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(n_genes))
+
+    def forward(self, x, edge_index, ptr, mask=None, features=None):
+        from interscale.model._module import ModuleOutput
+
+        y = self.bias.expand_as(x)
+        return ModuleOutput(None, None, y, y)
+
+
+def test_halo_cells_never_enter_the_loss():
+    from interscale.train import TrainSettings, evaluate_masked, fit
+
+    rng = np.random.default_rng(2)
+    adata, *_ = _halo_adata(rng, 60, 3, 0.5)
+    graphs = anndata_to_graphs(adata, layer_key="L", sample_keys=["sample"], halo_key="tile_halo")
+    for g in graphs:  # halo cells with huge targets would dominate any loss they entered
+        g.x[~g.core] = 1e6
+        assert (~g.core).any()
+    module = _ZeroPredictor(graphs[0].x.shape[1])
+    metrics = evaluate_masked(
+        module, graphs, batch_size=2, pct_mask_nodes=0.5, seed=0, loss="MSELoss", device="cpu"
+    )
+    assert metrics["loss"] < 100
+    settings_ = TrainSettings(
+        max_epochs=2,
+        batch_size=2,
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_steps=0,
+        loss="MSELoss",
+        pct_mask_nodes=0.5,
+        seed=0,
+        early_stopping=False,
+        progress_bar=False,
+    )
+    result = fit(module, graphs, graphs, settings_, torch.device("cpu"))
+    assert (result.history["train_loss"] < 100).all()
+    assert (result.history["val_loss"] < 100).all()

@@ -15,6 +15,7 @@ __all__ = [
     "GraphBatch",
     "SampleGraph",
     "anndata_to_graphs",
+    "iter_graphs",
     "iterate_batches",
     "layer_matrix",
     "sample_labels",
@@ -39,6 +40,10 @@ class SampleGraph:
         Row of each cell in the AnnData, so outputs map back without touching ``obs_names``.
     features
         Optional input features for the global component (e.g. PCA), ``(n_cells, n_embed)``.
+    core
+        Boolean ``(n_cells,)``: the graph's own cells, ``False`` for halo (context) cells that
+        are encoded but never masked, scored or written as outputs of this graph. ``None``: all
+        cells are core.
     """
 
     name: str
@@ -47,6 +52,7 @@ class SampleGraph:
     edge_index: torch.Tensor
     cell_index: torch.Tensor
     features: torch.Tensor | None = None
+    core: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -55,7 +61,11 @@ class SampleGraph:
 
 @dataclass
 class GraphBatch:
-    """Several sample graphs concatenated; cells of a sample are contiguous."""
+    """Several sample graphs concatenated; cells of a sample are contiguous.
+
+    ``core`` concatenates the graphs' core flags (graphs without flags count as all core); it is
+    ``None`` when no graph of the batch has a halo.
+    """
 
     x: torch.Tensor
     edge_index: torch.Tensor
@@ -64,6 +74,7 @@ class GraphBatch:
     names: list[str]
     features: torch.Tensor | None = None
     sizes: list[int] = field(default_factory=list)
+    core: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -79,6 +90,7 @@ class GraphBatch:
             names=self.names,
             features=None if self.features is None else self.features.to(device),
             sizes=self.sizes,
+            core=None if self.core is None else self.core.to(device),
         )
 
     @classmethod
@@ -94,6 +106,14 @@ class GraphBatch:
         features = None
         if graphs[0].features is not None:
             features = torch.cat([g.features for g in graphs], dim=0)
+        core = None
+        if any(g.core is not None for g in graphs):
+            core = torch.cat(
+                [
+                    torch.ones(g.n_cells, dtype=torch.bool) if g.core is None else g.core
+                    for g in graphs
+                ]
+            )
         return cls(
             x=torch.cat([g.x for g in graphs], dim=0),
             edge_index=edge_index,
@@ -102,6 +122,7 @@ class GraphBatch:
             names=[g.name for g in graphs],
             features=features,
             sizes=sizes,
+            core=core,
         )
 
 
@@ -169,6 +190,170 @@ def _rows_dense(matrix, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(sub, dtype=np.float32))
 
 
+def _halo_columns(adata: AnnData, sample_keys: Sequence[str], halo_key: str, uniques) -> tuple:
+    """Validate a halo membership matrix; return it as CSC and the column of every graph."""
+    if halo_key not in adata.obsm:
+        raise KeyError(
+            f"halo key {halo_key!r} is not in adata.obsm (available: {list(adata.obsm)}); "
+            "write it with interscale.pp.tile(..., halo=...)"
+        )
+    if len(sample_keys) != 1:
+        raise ValueError(
+            f"a halo ({halo_key!r}) needs exactly one sample key, the tile column; got "
+            f"{list(sample_keys)}"
+        )
+    key = sample_keys[0]
+    column = adata.obs[key]
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        tiles = pd.Index(column.cat.categories.astype(str))
+        codes = np.asarray(column.cat.codes, dtype=np.int64)
+    else:
+        codes, tiles = pd.factorize(column.astype(str), sort=True)
+        tiles = pd.Index(tiles)
+    raw = adata.obsm[halo_key]
+    halo = sp.csc_matrix(raw if sp.issparse(raw) else np.asarray(raw)).astype(bool)
+    halo.eliminate_zeros()
+    halo.sort_indices()
+    if halo.shape != (adata.n_obs, len(tiles)):
+        raise ValueError(
+            f"adata.obsm[{halo_key!r}] has shape {halo.shape}; expected (n_obs, n_tiles) = "
+            f"({adata.n_obs}, {len(tiles)}), one column per category of obs[{key!r}] (rerun "
+            "interscale.pp.tile after subsetting cells)"
+        )
+    own = halo.tocoo()
+    clash = codes[own.row] == own.col
+    if clash.any():
+        cell = adata.obs_names[own.row[clash][0]]
+        raise ValueError(
+            f"adata.obsm[{halo_key!r}] puts {int(clash.sum())} cell(s) (e.g. {cell!r}) in the "
+            f"halo of their own tile of obs[{key!r}]"
+        )
+    graph_columns = tiles.get_indexer(pd.Index(uniques).astype(str))
+    return halo, graph_columns
+
+
+class _GraphPlan:
+    """What every sample's graph needs, computed once; each graph's dense ``x`` is made on demand.
+
+    Iterating builds the graphs one at a time, so only one sample's expression is densified at
+    once (streaming inference on large sections).
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        layer_key: str | None,
+        sample_keys: Sequence[str],
+        split_key: str | None,
+        connectivity_key: str,
+        features: np.ndarray | None,
+        halo_key: str | None,
+    ) -> None:
+        if connectivity_key not in adata.obsp:
+            raise KeyError(
+                f"spatial graph {connectivity_key!r} is not in adata.obsp; "
+                "build it with interscale.pp.spatial_neighbors"
+            )
+        if isinstance(sample_keys, str):
+            sample_keys = [sample_keys]
+        self.matrix = layer_matrix(adata, layer_key)
+        self.features = features
+        self.split_key = split_key
+        labels = sample_labels(adata, sample_keys)
+        codes, uniques = pd.factorize(labels, sort=False)
+        self.names = [str(u) for u in uniques]
+        self.order = np.argsort(codes, kind="stable")
+        counts = np.bincount(codes, minlength=len(uniques))
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+
+        if split_key is not None and split_key in adata.obs.columns:
+            self.split_values = adata.obs[split_key].astype(str).to_numpy()
+        else:
+            self.split_values = np.full(adata.n_obs, "", dtype=object)
+
+        self.halo: sp.csc_matrix | None = None
+        if halo_key is not None:
+            self.halo, self.halo_columns = _halo_columns(adata, sample_keys, halo_key, uniques)
+            self.adjacency = sp.csr_matrix(adata.obsp[connectivity_key])
+            self.sizes = counts + np.diff(self.halo.indptr)[self.halo_columns]
+            return
+
+        self.sizes = counts
+        # Permute the graph so that samples are contiguous; within-sample edges then lie in
+        # diagonal blocks and each sample's edges are one contiguous range of the sorted rows.
+        order, starts = self.order, self.starts
+        adj = sp.csr_matrix(adata.obsp[connectivity_key])[order][:, order].tocoo()
+        rows = adj.row.astype(np.int64)
+        cols = adj.col.astype(np.int64)
+        row_graph = np.searchsorted(starts, rows, side="right") - 1
+        col_graph = np.searchsorted(starts, cols, side="right") - 1
+        keep = (row_graph == col_graph) & (rows != cols)
+        rows, cols, row_graph = rows[keep], cols[keep], row_graph[keep]
+        edge_sort = np.lexsort((cols, rows))
+        self.rows, self.cols = rows[edge_sort], cols[edge_sort]
+        row_graph = row_graph[edge_sort]
+        self.edge_starts = np.searchsorted(row_graph, np.arange(len(uniques) + 1), side="left")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[SampleGraph]:
+        for g in range(len(self)):
+            yield self.build(g)
+
+    def _split(self, g: int, core_rows: np.ndarray) -> str:
+        split = pd.unique(self.split_values[core_rows])
+        if len(split) > 1:
+            raise ValueError(
+                f"sample {self.names[g]!r} spans several splits {list(split)} in "
+                f"obs[{self.split_key!r}]; a split must assign whole samples"
+            )
+        return str(split[0])
+
+    def _halo_edges(self, g: int, core_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        col = self.halo_columns[g]
+        halo_rows = self.halo.indices[self.halo.indptr[col] : self.halo.indptr[col + 1]]
+        nodes = np.concatenate([core_rows, halo_rows.astype(np.int64)])
+        sub = self.adjacency[nodes][:, nodes].tocoo()
+        rows, cols = sub.row.astype(np.int64), sub.col.astype(np.int64)
+        keep = (rows != cols) & (sub.data != 0)
+        rows, cols = rows[keep], cols[keep]
+        edge_sort = np.lexsort((cols, rows))
+        edge_index = np.stack([cols[edge_sort], rows[edge_sort]])
+        return nodes, edge_index
+
+    def build(self, g: int) -> SampleGraph:
+        """The graph of the ``g``-th sample (order of first appearance in ``adata.obs``)."""
+        core_rows = self.order[self.starts[g] : self.starts[g + 1]]
+        split = self._split(g, core_rows)
+        core = None
+        if self.halo is None:
+            nodes = core_rows
+            e0, e1 = self.edge_starts[g], self.edge_starts[g + 1]
+            # Rows are targets of the CSR; PyG expects [source, target]: the graph is symmetric,
+            # so (cols, rows) and (rows, cols) hold the same edges.
+            edge_index = np.stack([self.cols[e0:e1], self.rows[e0:e1]]) - self.starts[g]
+        else:
+            nodes, edge_index = self._halo_edges(g, core_rows)
+            core = torch.zeros(len(nodes), dtype=torch.bool)
+            core[: len(core_rows)] = True
+        features = None
+        if self.features is not None:
+            features = torch.from_numpy(
+                np.ascontiguousarray(self.features[nodes], dtype=np.float32)
+            )
+        return SampleGraph(
+            name=self.names[g],
+            split=split,
+            x=torch.from_numpy(_rows_dense(self.matrix, nodes)),
+            edge_index=torch.from_numpy(np.ascontiguousarray(edge_index)),
+            cell_index=torch.from_numpy(nodes.astype(np.int64)),
+            features=features,
+            core=core,
+        )
+
+
 def anndata_to_graphs(
     adata: AnnData,
     *,
@@ -177,6 +362,7 @@ def anndata_to_graphs(
     split_key: str | None = "split",
     connectivity_key: str = "spatial_connectivities",
     features: np.ndarray | None = None,
+    halo_key: str | None = None,
 ) -> list[SampleGraph]:
     """Turn an AnnData into one graph per sample.
 
@@ -195,67 +381,95 @@ def anndata_to_graphs(
         obsp key of the spatial graph. Edges between different samples are dropped.
     features
         Optional per-cell input features for the global component, ``(n_obs, d)``.
+    halo_key
+        obsm key of a boolean ``n_obs x n_tiles`` halo membership matrix (written by
+        :func:`interscale.pp.tile`), one column per category of the single sample key. Each
+        graph then holds its own cells followed by its halo cells, with every edge of
+        ``obsp[connectivity_key]`` among them, and ``core`` marks its own cells.
 
     Returns
     -------
     Graphs in the order of the samples' first appearance in ``adata.obs``.
+
+    Raises
+    ------
+    KeyError
+        If the spatial graph, the layer, a sample key or the halo key is missing.
+    ValueError
+        If a sample spans several splits or the halo matrix does not fit the sample key.
     """
-    if connectivity_key not in adata.obsp:
-        raise KeyError(
-            f"spatial graph {connectivity_key!r} is not in adata.obsp; "
-            "build it with interscale.pp.spatial_neighbors"
+    return list(
+        _GraphPlan(
+            adata,
+            layer_key=layer_key,
+            sample_keys=sample_keys,
+            split_key=split_key,
+            connectivity_key=connectivity_key,
+            features=features,
+            halo_key=halo_key,
         )
-    matrix = layer_matrix(adata, layer_key)
-    labels = sample_labels(adata, sample_keys)
-    codes, uniques = pd.factorize(labels, sort=False)
-    order = np.argsort(codes, kind="stable")
-    counts = np.bincount(codes, minlength=len(uniques))
-    starts = np.concatenate([[0], np.cumsum(counts)])
+    )
 
-    if split_key is not None and split_key in adata.obs.columns:
-        split_values = adata.obs[split_key].astype(str).to_numpy()
-    else:
-        split_values = np.full(adata.n_obs, "", dtype=object)
 
-    # Permute the graph so that samples are contiguous; within-sample edges then lie in
-    # diagonal blocks and each sample's edges are one contiguous range of the sorted rows.
-    adj = sp.csr_matrix(adata.obsp[connectivity_key])[order][:, order].tocoo()
-    rows = adj.row.astype(np.int64)
-    cols = adj.col.astype(np.int64)
-    row_graph = np.searchsorted(starts, rows, side="right") - 1
-    col_graph = np.searchsorted(starts, cols, side="right") - 1
-    keep = (row_graph == col_graph) & (rows != cols)
-    rows, cols, row_graph = rows[keep], cols[keep], row_graph[keep]
-    edge_sort = np.lexsort((cols, rows))
-    rows, cols, row_graph = rows[edge_sort], cols[edge_sort], row_graph[edge_sort]
-    edge_starts = np.searchsorted(row_graph, np.arange(len(uniques) + 1), side="left")
+def iter_graphs(
+    adata: AnnData,
+    *,
+    layer_key: str | None,
+    sample_keys: Sequence[str],
+    split_key: str | None = "split",
+    connectivity_key: str = "spatial_connectivities",
+    features: np.ndarray | None = None,
+    halo_key: str | None = None,
+) -> Iterator[SampleGraph]:
+    """Like :func:`anndata_to_graphs`, but build each graph only when it is reached.
 
-    graphs = []
-    for g, name in enumerate(uniques):
-        cell_rows = order[starts[g] : starts[g + 1]]
-        split = pd.unique(split_values[cell_rows])
-        if len(split) > 1:
-            raise ValueError(
-                f"sample {name!r} spans several splits {list(split)} in obs[{split_key!r}]; "
-                "a split must assign whole samples"
-            )
-        e0, e1 = edge_starts[g], edge_starts[g + 1]
-        # Rows are targets of the CSR; PyG expects [source, target]: the graph is symmetric,
-        # so (cols, rows) and (rows, cols) hold the same edges.
-        edge_index = np.stack([cols[e0:e1], rows[e0:e1]]) - starts[g]
-        graphs.append(
-            SampleGraph(
-                name=str(name),
-                split=str(split[0]),
-                x=torch.from_numpy(_rows_dense(matrix, cell_rows)),
-                edge_index=torch.from_numpy(np.ascontiguousarray(edge_index)),
-                cell_index=torch.from_numpy(cell_rows.astype(np.int64)),
-                features=None
-                if features is None
-                else torch.from_numpy(np.ascontiguousarray(features[cell_rows], dtype=np.float32)),
-            )
+    Inputs are validated at the call; the iterator then holds one sample's dense expression at
+    a time, so memory stays near the size of the largest sample.
+
+    Parameters
+    ----------
+    adata
+        AnnData holding the expression layer and the spatial graph in ``obsp[connectivity_key]``
+        (build it with :func:`interscale.pp.spatial_neighbors`).
+    layer_key
+        Layer used as input and target; ``None`` uses ``adata.X``.
+    sample_keys
+        obs columns whose combination defines a graph.
+    split_key
+        obs column with ``train``/``val``/``test``; ``None`` or a missing column gives ``""``.
+    connectivity_key
+        obsp key of the spatial graph. Edges between different samples are dropped.
+    features
+        Optional per-cell input features for the global component, ``(n_obs, d)``.
+    halo_key
+        obsm key of a boolean ``n_obs x n_tiles`` halo membership matrix (written by
+        :func:`interscale.pp.tile`), one column per category of the single sample key. Each
+        graph then holds its own cells followed by its halo cells, with every edge of
+        ``obsp[connectivity_key]`` among them, and ``core`` marks its own cells.
+
+    Returns
+    -------
+    An iterator over the same graphs, in the same order, as :func:`anndata_to_graphs`.
+
+    Raises
+    ------
+    KeyError
+        If the spatial graph, the layer, a sample key or the halo key is missing.
+    ValueError
+        If the halo matrix does not fit the sample key (a sample spanning several splits is
+        reported when its graph is reached).
+    """
+    return iter(
+        _GraphPlan(
+            adata,
+            layer_key=layer_key,
+            sample_keys=sample_keys,
+            split_key=split_key,
+            connectivity_key=connectivity_key,
+            features=features,
+            halo_key=halo_key,
         )
-    return graphs
+    )
 
 
 def iterate_batches(

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from anndata import AnnData
 from interscale._io import atomic_write_bytes
 from interscale._version import __version__
 from interscale.config import Config, config_from_dict, load_config
-from interscale.graphs import SampleGraph, anndata_to_graphs, sample_labels
+from interscale.graphs import SampleGraph, sample_labels
 from interscale.graphs import layer_matrix as _layer
+from interscale.graphs._graphs import _GraphPlan, _halo_columns
 from interscale.model._module import InterScaleModule
 from interscale.train import TrainSettings, evaluate_masked, fit, fold_masks, resolve_device
 
@@ -99,6 +101,7 @@ class BaseModel:
         group_key: str | None = None,
         split_key: str = "split",
         view_registry: bool = True,
+        halo_key: str | None = None,
     ) -> None:
         """Validate an AnnData for training and record the setup in ``adata.uns["interscale"]``.
 
@@ -121,6 +124,12 @@ class BaseModel:
             obs column with ``train``/``val`` (and optionally ``test``) per whole sample.
         view_registry
             Print a short table of the setup.
+        halo_key
+            obsm key of a boolean ``n_obs x n_tiles`` halo membership matrix (as written by
+            :func:`interscale.pp.tile` with ``halo > 0``: ``f"{key_added}_halo"``), one column
+            per category of the single sample key (the tile column). Each tile's graph then also
+            encodes its halo cells as context; they are never masked, never in the loss and never
+            written as outputs of that tile.
 
         Raises
         ------
@@ -128,7 +137,9 @@ class BaseModel:
             If the layer or an obs column is missing.
         ValueError
             If the split lacks ``train`` or ``val``, has unknown values, or splits a sample; if
-            the layer holds NaN / infinite values; if genes are missing or duplicated.
+            the layer holds NaN / infinite values; if genes are missing or duplicated; if the halo
+            matrix does not have one column per tile, there is more than one sample key, or a
+            cell is in the halo of its own tile.
         TypeError
             If ``adata`` is not an AnnData or is a view.
         """
@@ -177,6 +188,8 @@ class BaseModel:
                 f"samples {list(mixed.index[:5])} span several splits in {split_key!r}; "
                 "assign whole samples to train/val/test"
             )
+        if halo_key is not None:
+            _halo_columns(adata, sample_keys, halo_key, pd.unique(labels))
         sizes = labels.value_counts()
         record = {
             "layer_key": layer_key,
@@ -188,6 +201,7 @@ class BaseModel:
             "n_samples": int(len(sizes)),
             "n_genes": int(adata.n_vars),
             "largest_sample": int(sizes.max()),
+            "halo_key": halo_key,
         }
         uns = dict(adata.uns.get(_UNS_KEY, {}))
         uns.update({k: v for k, v in record.items() if v is not None})
@@ -202,6 +216,8 @@ class BaseModel:
                 ("cells / genes", f"{adata.n_obs} / {adata.n_vars}"),
                 ("split", ", ".join(f"{k}: {int(counts.get(k, 0))}" for k in _SPLITS)),
             ]
+            if halo_key is not None:
+                rows.append(("halo", f"obsm[{halo_key!r}]"))
             width = max(len(k) for k, _ in rows)
             print(f"InterScale setup ({cls.__name__})")
             for key, value in rows:
@@ -327,15 +343,28 @@ class BaseModel:
             spatial_key=kwargs.spatial_key,
         )
 
-    def _graphs(self, adata: AnnData) -> list[SampleGraph]:
-        graphs = anndata_to_graphs(
+    def _halo_key(self, adata: AnnData) -> str | None:
+        """The halo registered for ``adata`` (its own setup, else the model's training setup)."""
+        setup = adata.uns.get(_UNS_KEY, {}).get("setup")
+        if setup is None:
+            setup = self.adata.uns.get(_UNS_KEY, {}).get("setup", {})
+        return setup.get("halo_key")
+
+    def _graphs(
+        self, adata: AnnData, lazy: bool = False
+    ) -> list[SampleGraph] | Iterator[SampleGraph]:
+        """The sample (or tile) graphs of ``adata``; ``lazy`` builds each one when reached."""
+        plan = _GraphPlan(
             adata,
             layer_key=self.layer_key,
             sample_keys=self.sample_keys,
             split_key=self.split_key,
+            connectivity_key="spatial_connectivities",
             features=self._global_features(adata),
+            halo_key=self._halo_key(adata),
         )
-        largest = max(g.n_cells for g in graphs)
+        graphs = iter(plan) if lazy else list(plan)
+        largest = int(max(plan.sizes))
         max_seq_len = self.cfg.model.global_component.parameters.max_seq_len
         if self._global and max_seq_len and largest > max_seq_len and not self._warned_seq_len:
             self._warned_seq_len = True
@@ -408,6 +437,7 @@ class BaseModel:
         lr: float | None = None,
         min_delta: float | None = None,
         min_epochs: int | None = None,
+        strategy: str | None = None,
     ) -> pd.DataFrame:
         """Train with masked self-supervision; the best-validation weights are kept.
 
@@ -438,10 +468,24 @@ class BaseModel:
             Relative improvement that resets the patience counter (default: ``optim.min_delta``).
         min_epochs
             No early stop before this many epochs (default: ``optim.min_epochs``).
+        strategy
+            ``"single"`` (one process) or ``"ddp"`` (data-parallel, one process per device,
+            launched with ``torchrun``; NCCL on GPUs, Gloo on CPU). ``None`` picks ``"ddp"`` when
+            a ``torch.distributed`` process group is initialised or ``WORLD_SIZE`` > 1, else
+            ``"single"``. Under ``"ddp"`` the global batch is still ``batch_size`` graphs, shared
+            out over the ranks, so training matches one process up to floating-point rounding
+            (dropout differs per rank); only rank 0 writes ``checkpoint_dir`` and shows the
+            progress bar, and every rank ends with the best weights.
 
         Returns
         -------
         The training history (also in ``model.history_``).
+
+        Raises
+        ------
+        ValueError
+            On invalid settings, an unknown ``strategy``, or ``"ddp"`` outside ``torchrun`` and
+            without an initialised process group.
         """
         optim = self.cfg.optim
         ds = self.cfg.dataset
@@ -456,6 +500,9 @@ class BaseModel:
         patience = optim.patience if patience is None else patience
         if patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}")
+        from interscale.train import resolve_strategy
+
+        strategy = resolve_strategy(strategy)
         device = resolve_device(accelerator or optim.accelerator)
         graphs = self._graphs(self.adata)
         train_graphs = [g for g in graphs if g.split == "train"]
@@ -477,6 +524,7 @@ class BaseModel:
             progress_bar=progress_bar,
             checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
             resume=resume,
+            strategy=strategy,
         )
         result = fit(self.module, train_graphs, val_graphs, settings, device)
         self.history_ = result.history
@@ -545,7 +593,11 @@ class BaseModel:
     ) -> AnnData:
         """Write embeddings, held-out predictions and attention into ``adata``.
 
-        Runs in eval mode without gradients, one sample at a time. Keys written (with
+        Runs in eval mode without gradients, one sample at a time: each sample's graph is built
+        only when it is reached and its rows are written straight into preallocated arrays, so
+        memory stays near the size of the outputs. With a halo (``_setup_anndata(...,
+        halo_key=...)``) a tile's halo cells are encoded as context, but only its own cells are
+        masked and written; every cell is written by exactly one tile. Keys written (with
         ``prefix``): obsm ``_local_emb``/``_global_emb``, layers ``_y_pred_local``/
         ``_y_pred_global``, obsp ``_attn_matrix`` (top-k per row of the last layer's
         head-averaged attention), obs ``_cls_attention``, and ``uns["interscale"]``.
@@ -594,7 +646,7 @@ class BaseModel:
         )
         if adata is not self.adata:
             self._ensure_graph(adata)
-        graphs = self._graphs(adata)
+        graphs = self._graphs(adata, lazy=True)
         module = self.module
         was_training = module.training
         module.eval()
@@ -612,12 +664,18 @@ class BaseModel:
         att_rows, att_cols, att_vals = [], [], []
         fold_gen = torch.Generator().manual_seed(self.cfg.optim.seed + 3)
         pct = self.cfg.dataset.pct_mask_nodes
+        written = np.zeros(n_obs, dtype=bool)
+        # scipy stores the attention's indices as int32 when they fit: keep the pieces as small
+        index_dtype = np.int32 if n_obs < np.iinfo(np.int32).max else np.int64
 
         from tqdm.auto import tqdm
 
+        # Graphs are built one at a time (only one sample's dense input in memory) and each
+        # writes its own (core) cells' rows into the preallocated outputs; halo cells are
+        # context only and are written by the tile they belong to.
         for graph in tqdm(graphs, desc="inference", unit="sample", disable=not progress_bar):
+            rows, core = _claim_core_rows(graph, written)
             batch = _single_batch(graph).to(device)
-            rows = graph.cell_index.numpy()
             out = module(
                 batch.x,
                 batch.edge_index,
@@ -628,31 +686,45 @@ class BaseModel:
                 attention_top_k=attention_top_k,
             )
             if local_emb is not None:
-                local_emb[rows] = out.local_emb.float().cpu().numpy()
+                local_emb[rows] = _core_numpy(out.local_emb, core)
             if global_emb is not None:
-                global_emb[rows] = out.global_emb.float().cpu().numpy()
-                cls_att[rows] = out.cls_attention.float().cpu().numpy()
+                global_emb[rows] = _core_numpy(out.global_emb, core)
+                cls_att[rows] = _core_numpy(out.cls_attention, core)
                 r, c, v = _attention_triplet(out.attention)
-                att_rows.append(rows[r])
-                att_cols.append(rows[c])
+                if core is not None:
+                    # rows of core cells only; their columns may point at halo cells
+                    keep = core[r]
+                    r, c, v = r[keep], c[keep], v[keep]
+                nodes = graph.cell_index.numpy()
+                att_rows.append(nodes[r].astype(index_dtype))
+                att_cols.append(nodes[c].astype(index_dtype))
                 att_vals.append(v)
             if not masked:
                 if y_local is not None:
-                    y_local[rows] = out.y_local.float().cpu().numpy()
+                    y_local[rows] = _core_numpy(out.y_local, core)
                 if y_global is not None:
-                    y_global[rows] = out.y_global.float().cpu().numpy()
-                continue
-            for mask in fold_masks(graph.n_cells, pct, fold_gen):
-                mask_dev = mask.to(device)
-                fold = module(
-                    batch.x, batch.edge_index, batch.ptr, mask=mask_dev, features=batch.features
-                )
-                sel = mask.numpy()
-                if y_local is not None:
-                    y_local[rows[sel]] = fold.y_local[mask_dev].float().cpu().numpy()
-                if y_global is not None:
-                    y_global[rows[sel]] = fold.y_global[mask_dev].float().cpu().numpy()
+                    y_global[rows] = _core_numpy(out.y_global, core)
+            else:
+                nodes = graph.cell_index.numpy()
+                eligible = graph.core
+                for mask in fold_masks(graph.n_cells, pct, fold_gen, eligible=eligible):
+                    mask_dev = mask.to(device)
+                    fold = module(
+                        batch.x, batch.edge_index, batch.ptr, mask=mask_dev, features=batch.features
+                    )
+                    sel = mask.numpy()
+                    if y_local is not None:
+                        y_local[nodes[sel]] = fold.y_local[mask_dev].float().cpu().numpy()
+                    if y_global is not None:
+                        y_global[nodes[sel]] = fold.y_global[mask_dev].float().cpu().numpy()
+                    del fold
+            del batch, out, graph
         module.train(was_training)
+        if not written.all():
+            raise RuntimeError(
+                f"inference left {int((~written).sum())} cell(s) without outputs: they belong to "
+                "no sample graph"
+            )
 
         for name, arr in [
             ("local_emb", local_emb),
@@ -901,9 +973,41 @@ def _warmup_steps(warmup_epochs: int | None, max_epochs: int, n_train: int, batc
 
 
 def _single_batch(graph: SampleGraph):
+    """A batch of one graph that shares the graph's tensors (no copy of a large sample's x)."""
     from interscale.graphs import GraphBatch
 
-    return GraphBatch.collate([graph])
+    return GraphBatch(
+        x=graph.x,
+        edge_index=graph.edge_index,
+        ptr=torch.tensor([0, graph.n_cells], dtype=torch.long),
+        cell_index=graph.cell_index,
+        names=[graph.name],
+        features=graph.features,
+        sizes=[graph.n_cells],
+        core=graph.core,
+    )
+
+
+def _claim_core_rows(
+    graph: SampleGraph, written: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """AnnData rows of the graph's core cells (and the core flags), marked as written once."""
+    nodes = graph.cell_index.numpy()
+    core = None if graph.core is None else graph.core.numpy()
+    rows = nodes if core is None else nodes[core]
+    if written[rows].any():
+        raise RuntimeError(
+            f"graph {graph.name!r} holds {int(written[rows].sum())} cell(s) that an earlier graph "
+            "already wrote; every cell must be the core of exactly one graph"
+        )
+    written[rows] = True
+    return rows, core
+
+
+def _core_numpy(values: torch.Tensor, core: np.ndarray | None) -> np.ndarray:
+    """float32 numpy rows of the core cells (all rows without a halo)."""
+    out = values.float().cpu().numpy()
+    return out if core is None else out[core]
 
 
 def _attention_triplet(attention) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
 """Training loop, losses, masking and schedules."""
 
+from interscale.train._distributed import STRATEGIES, resolve_strategy
 from interscale.train._losses import LOSSES, make_loss
 from interscale.train._masking import draw_mask, fold_masks
 from interscale.train._trainer import (
@@ -12,6 +13,7 @@ from interscale.train._trainer import (
 
 __all__ = [
     "LOSSES",
+    "STRATEGIES",
     "TrainResult",
     "TrainSettings",
     "draw_mask",
@@ -20,4 +22,5 @@ __all__ = [
     "fold_masks",
     "make_loss",
     "resolve_device",
+    "resolve_strategy",
 ]
