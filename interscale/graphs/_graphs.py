@@ -492,6 +492,22 @@ def iterate_batches(
     generator
         Seeded generator used when ``shuffle`` is true.
     """
+    for group in _batch_groups(graphs, batch_size, shuffle=shuffle, generator=generator):
+        yield GraphBatch.collate(group)
+
+
+def _batch_groups(
+    graphs: Sequence[SampleGraph],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[list[SampleGraph]]:
+    """The graphs of each batch of :func:`iterate_batches`, uncollated.
+
+    Data-parallel training calls this on every rank with identically seeded generators, so all
+    ranks see the same global batches without collating the graphs of other ranks.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if shuffle:
@@ -499,4 +515,4 @@ def iterate_batches(
     else:
         order = list(range(len(graphs)))
     for start in range(0, len(order), batch_size):
-        yield GraphBatch.collate([graphs[i] for i in order[start : start + batch_size]])
+        yield [graphs[i] for i in order[start : start + batch_size]]

@@ -13,7 +13,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from interscale._io import atomic_file
 from interscale.graphs import GraphBatch, SampleGraph, iterate_batches
+from interscale.graphs._graphs import _batch_groups as _global_batches
 from interscale.train._distributed import (
     DistContext,
     all_reduce_tensor,
@@ -210,28 +211,6 @@ def evaluate_masked(
 
 
 # ----------------------------------------------------------------------- data-parallel pieces
-def _global_batches(
-    graphs: Sequence[SampleGraph],
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-) -> Iterator[list[SampleGraph]]:
-    """The graphs of each batch of :func:`iterate_batches`, same order and same RNG draws.
-
-    Every rank calls this with identically seeded generators, so every rank sees the same
-    global batches without collating the graphs of other ranks.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if shuffle:
-        order = torch.randperm(len(graphs), generator=generator).tolist()
-    else:
-        order = list(range(len(graphs)))
-    for start in range(0, len(order), batch_size):
-        yield [graphs[i] for i in order[start : start + batch_size]]
-
-
 def _draw_global_masks(
     graphs: Sequence[SampleGraph], pct_mask_nodes: float, generator: torch.Generator
 ) -> list[torch.Tensor]:
