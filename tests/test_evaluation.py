@@ -663,6 +663,23 @@ def test_column_stats_never_densify_sparse():
     np.testing.assert_allclose(dense_stats["sd"], stats["sd"], rtol=1e-10)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_column_stats_sparse_chunks_match_numpy(monkeypatch, fmt):
+    # Chunks of 7 stored entries split columns (CSC) and rows (CSR) at arbitrary places.
+    monkeypatch.setattr("interscale.evaluation._utils._CHUNK_ENTRIES", 7)
+    x = sp.random(200, 13, density=0.15, random_state=4, format="csr")
+    x.data = x.data * 5 - 1  # stored negatives too
+    x.data[::9] = np.nan
+    x.data[5::17] = np.inf
+    d = x.toarray()
+    d[~np.isfinite(d)] = np.nan
+    stats = _column_stats(x.asformat(fmt))
+    assert stats["n"].tolist() == np.isfinite(d).sum(axis=0).tolist()
+    np.testing.assert_allclose(stats["mean"], np.nanmean(d, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats["sd"], np.nanstd(d, axis=0, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(stats["frac_pos"], (np.nan_to_num(d) > 0).mean(axis=0))
+
+
 def test_gene_loadings_with_project_decoders():
     nn_mod = pytest.importorskip("interscale.nn")
     if not hasattr(nn_mod, "make_decoder") or not hasattr(nn_mod, "linear_weight"):

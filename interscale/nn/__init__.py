@@ -1,29 +1,36 @@
 """Torch modules of InterScale: local GNN encoders, the global attention encoder, decoders."""
 
-from ._attention import ATTENTION_SCOPES, AttentionWeights
-from ._decoders import (
-    DECODER_KINDS,
-    LinearDecoder,
-    LinearLSEDecoder,
-    NonLinearDecoder,
-    linear_weight,
-    make_decoder,
-)
-from ._global import GlobalEncoder, GlobalEncoderOutput
-from ._local import GCNEncoder, GINEncoder, make_local_encoder
+import importlib
 
-__all__ = [
-    "ATTENTION_SCOPES",
-    "AttentionWeights",
-    "DECODER_KINDS",
-    "GCNEncoder",
-    "GINEncoder",
-    "GlobalEncoder",
-    "GlobalEncoderOutput",
-    "LinearDecoder",
-    "LinearLSEDecoder",
-    "NonLinearDecoder",
-    "linear_weight",
-    "make_decoder",
-    "make_local_encoder",
-]
+# Public name -> submodule. Submodules load on first use: the local encoders import
+# torch_geometric (about 3 s), which the decoders and the attention kernels do not need
+# (e.g. :func:`interscale.evaluation.gene_loadings` only reads a decoder weight).
+_EXPORTS = {
+    "ATTENTION_SCOPES": "_attention",
+    "AttentionWeights": "_attention",
+    "DECODER_KINDS": "_decoders",
+    "LinearDecoder": "_decoders",
+    "LinearLSEDecoder": "_decoders",
+    "NonLinearDecoder": "_decoders",
+    "linear_weight": "_decoders",
+    "make_decoder": "_decoders",
+    "GlobalEncoder": "_global",
+    "GlobalEncoderOutput": "_global",
+    "GCNEncoder": "_local",
+    "GINEncoder": "_local",
+    "make_local_encoder": "_local",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
