@@ -7,10 +7,10 @@ configuration (``config_files/legnini_example.yaml``: GCN + Transformer, both li
 uniform random points with a radius-200 graph of about 10 neighbours per cell and random
 log-counts: the cost does not depend on the values.
 
-On CPU a step takes 20 s at 20,000 cells and minutes above (the ``full`` scope is quadratic in
-the sample size; ``TrainStep`` already times the 20,000-cell CPU step), so the CPU sizes are
-opt-in: ``INTERSCALE_BENCH_SCALE=1``; without it their ``setup`` raises NotImplementedError and
-asv reports them as skipped. On CUDA every size runs. In smoke
+On 2 CPU cores a step takes 5-6 s at 20,000 cells and minutes above (the ``full`` scope is
+quadratic in the sample size; ``TrainStep`` already times the 20,000-cell CPU step), so the CPU
+sizes are opt-in: ``INTERSCALE_BENCH_SCALE=1``; without it their ``setup`` raises
+NotImplementedError and asv reports them as skipped. On CUDA every size runs. In smoke
 mode (``INTERSCALE_BENCH_SMOKE=1``) a single reduced case (``full``, 2,000 cells) runs.
 
 ``TiledModelOutput`` runs ``get_model_output`` (masked, ``neighbourhood`` scope) on one section
