@@ -74,16 +74,22 @@ def test_default_shape_and_columns(default):
     assert sorted(sum((list(v) for v in gt["programs"].values()), [])) == sorted(a.var_names)
 
 
-def test_neighbour_statistics_match_real_data(default):
-    counts = {100: [], 200: [], 300: []}
+def test_neighbour_statistics_match_real_data_and_rosettes_bound_two_hops(default):
+    # about 10 neighbours within radius 200, as in the real data ...
+    degree, two_hop = [], []
     for sample in default.obs["sample"].cat.categories:
         pts = default.obsm["spatial"][(default.obs["sample"] == sample).to_numpy()]
         tree = cKDTree(pts)
-        for r in counts:
-            counts[r].append(tree.query_ball_point(pts, r, return_length=True) - 1)
-    c200, c300 = np.concatenate(counts[200]), np.concatenate(counts[300])
-    assert 9.0 < c200.mean() < 11.5 and 2.4 < c200.std() < 3.6
-    assert 21.0 < c300.mean() < 25.5
+        degree.append(tree.query_ball_point(pts, 200, return_length=True) - 1)
+        adj = tree.sparse_distance_matrix(tree, 200, output_type="coo_matrix").tocsr()
+        adj.data[:] = 1.0
+        reach = adj + adj @ adj
+        two_hop.append(np.diff(reach.tocsr().indptr) - 1)  # the diagonal is always stored
+    c200, reach2 = np.concatenate(degree), np.concatenate(two_hop)
+    assert 9.0 < c200.mean() < 11.5 and 1.8 < c200.std() < 3.6
+    # ... but rosettes keep the 2-hop neighbourhood small (a uniform tissue gives about 30),
+    # which is what lets the sample mean beat the neighbourhood on global genes
+    assert 11.0 < reach2.mean() < 18.0
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -309,3 +315,22 @@ def test_legnini_bad_files(tmp_path):
     bad.write_text("sample,Cell,gene\nA,1,FOS\n")
     with pytest.raises(ValueError, match="condition"):
         read_transcripts(bad)
+
+
+def test_linear_baselines_separate_the_scales(default):
+    """The planted programs are discriminating by the floors a user would measure."""
+    import interscale as isc
+
+    a = default.copy()
+    isc.pp.normalize(a, key_added="log1p_norm")
+    isc.pp.spatial_neighbors(a, radius=200, library_key="sample")
+    table = isc.tl.linear_baselines(a, key_added=None)
+    per_program = table.groupby(a.var["program"].to_numpy()).mean()
+    glob, loc = per_program.loc["global"], per_program.loc["local"]
+    both, none = per_program.loc["both"], per_program.loc["none"]
+    assert glob["sample"] - glob["hop2"] >= 0.03
+    assert glob["hop2"] <= 0.7 * glob["sample"]
+    assert loc["hop1"] >= 0.15 and loc["sample"] <= 0.02
+    assert (none[["hop1", "hop2", "sample", "hop2_sample"]].abs() < 0.03).all()
+    assert both["hop2_sample"] > both["hop2"] + 0.01 and both["hop2_sample"] > both["sample"] + 0.03
+    assert both["sample"] > 0.03 and both["hop2"] > 0.03

@@ -1,5 +1,6 @@
 """Gene-level evaluation: which genes each scale predicts, loadings, latent dimensions."""
 
+from interscale.evaluation._baselines import linear_baselines
 from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
 from interscale.evaluation._latent import latent_rank_report
 from interscale.evaluation._loadings import gene_loadings
@@ -14,4 +15,5 @@ __all__ = [
     "gene_loadings",
     "get_genes_dim",
     "latent_rank_report",
+    "linear_baselines",
 ]
