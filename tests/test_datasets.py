@@ -86,10 +86,10 @@ def test_neighbour_statistics_match_real_data_and_rosettes_bound_two_hops(defaul
         reach = adj + adj @ adj
         two_hop.append(np.diff(reach.tocsr().indptr) - 1)  # the diagonal is always stored
     c200, reach2 = np.concatenate(degree), np.concatenate(two_hop)
-    assert 9.0 < c200.mean() < 11.5 and 1.8 < c200.std() < 3.6
+    assert 9.0 < c200.mean() < 11.5 and 1.5 < c200.std() < 3.6
     # ... but rosettes keep the 2-hop neighbourhood small (a uniform tissue gives about 30),
     # which is what lets the sample mean beat the neighbourhood on global genes
-    assert 11.0 < reach2.mean() < 18.0
+    assert 9.0 < reach2.mean() < 14.0
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -322,6 +322,7 @@ def test_linear_baselines_separate_the_scales(default):
     import interscale as isc
 
     a = default.copy()
+    isc.pp.qc(a)
     isc.pp.normalize(a, key_added="log1p_norm")
     isc.pp.spatial_neighbors(a, radius=200, library_key="sample")
     table = isc.tl.linear_baselines(a, key_added=None)
@@ -332,5 +333,5 @@ def test_linear_baselines_separate_the_scales(default):
     assert glob["hop2"] <= 0.7 * glob["sample"]
     assert loc["hop1"] >= 0.15 and loc["sample"] <= 0.02
     assert (none[["hop1", "hop2", "sample", "hop2_sample"]].abs() < 0.03).all()
-    assert both["hop2_sample"] > both["hop2"] + 0.01 and both["hop2_sample"] > both["sample"] + 0.03
+    assert both["hop2_sample"] > both["hop2"] + 0.02 and both["hop2_sample"] > both["sample"] + 0.05
     assert both["sample"] > 0.03 and both["hop2"] > 0.03
