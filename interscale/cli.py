@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from interscale._io import atomic_file, atomic_write_text
 
-__all__ = ["main", "run_job", "heldout_r2"]
+# heldout_r2 is re-exported lazily from interscale.evaluation by __getattr__ below
+__all__ = ["main", "run_job", "heldout_r2"]  # noqa: F822
 
 # The job's default config, relative to the repository root (where tox and CI run).
 _DEFAULT_JOB_CONFIG = "config_files/synthetic_example.yaml"
@@ -31,30 +30,15 @@ def _write_h5ad_atomic(adata, path: Path) -> None:
         adata.write_h5ad(tmp)
 
 
-def heldout_r2(adata, pred_key: str, truth_key: str, split_key: str = "split") -> dict[str, float]:
-    """Mean over genes of the per-gene R^2 of a prediction layer, per split.
+def __getattr__(name: str):
+    # `from interscale.cli import heldout_r2` keeps working (notebooks import it from here);
+    # the metric lives in interscale.evaluation, imported on first use so that the command
+    # line starts without loading the evaluation stack.
+    if name == "heldout_r2":
+        from interscale.evaluation import heldout_r2
 
-    Parameters
-    ----------
-    adata
-        AnnData with the prediction layer, the truth layer and the split column.
-    pred_key, truth_key
-        Layers compared.
-    split_key
-        obs column; one value is reported per split present.
-    """
-    # the per-gene R^2 of the evaluation module: chunked, sparse-aware, NaN for constant genes
-    from interscale.evaluation._ranks import _r2_per_gene
-
-    out = {}
-    truth_all = adata.layers[truth_key]
-    pred_all = adata.layers[pred_key]
-    splits = adata.obs[split_key].astype(str).to_numpy()
-    for split in sorted(set(splits)):
-        rows = np.flatnonzero(splits == split)
-        (r2,) = _r2_per_gene(truth_all[rows], [np.asarray(pred_all[rows])])
-        out[split] = float(np.nanmean(r2)) if np.isfinite(r2).any() else np.nan
-    return out
+        return heldout_r2
+    raise AttributeError(f"module 'interscale.cli' has no attribute {name!r}")
 
 
 def _load_cfg(path: str | None, overrides: dict):
@@ -134,6 +118,9 @@ def run_job(
 ) -> dict:
     """Built-in (or given) dataset -> preprocess -> train -> held-out outputs -> report.
 
+    The report holds the mean per-gene R^2 of each head per split, and the AUROC of the
+    Rank Difference for the planted local vs global genes scored on the held-out (val +
+    test) cells; when the AUROC cannot be computed it is None and ``auroc_reason`` says why.
     Returns the report dict, also written to ``<out>/report.json``.
     """
     t_start = time.perf_counter()
@@ -150,6 +137,8 @@ def run_job(
     t_inf0 = time.perf_counter()
     model.get_model_output(adata)
     t_inf = time.perf_counter() - t_inf0
+    from interscale.evaluation import heldout_r2
+
     layer = cfg.dataset.layer_key
     r2_local = heldout_r2(adata, "_y_pred_local", layer, cfg.dataset.split_key)
     r2_global = heldout_r2(adata, "_y_pred_global", layer, cfg.dataset.split_key)
@@ -167,23 +156,46 @@ def run_job(
         "heldout_r2_global": r2_global,
         "checkpoint": str(ckpt),
     }
-    if "program" in adata.var:
-        try:
-            from interscale.evaluation import auroc_rank_difference, calculate_gene_ranks
-
-            ranks = calculate_gene_ranks(
-                adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
-            )
-            report["auroc_local_vs_global_genes"] = float(
-                auroc_rank_difference(ranks, adata.var["program"])
-            )
-        except ImportError:
-            pass
+    report.update(_heldout_auroc(adata, cfg.dataset.split_key))
     _write_h5ad_atomic(adata, out_dir / "trained.h5ad")
     report["total_seconds"] = time.perf_counter() - t_start
     _write_json_atomic(report, out_dir / "report.json")
     _print_report(report)
     return report
+
+
+def _heldout_auroc(adata, split_key: str) -> dict:
+    """AUROC of the Rank Difference on the held-out (val + test) cells, or why there is none.
+
+    Returns the report entries: ``gene_ranks_cells`` and ``gene_ranks_n_cells`` (the scored
+    cells), and ``auroc_local_vs_global_genes`` (None when not computed, then with
+    ``auroc_reason``).
+    """
+    out: dict = {"auroc_local_vs_global_genes": None}
+    try:
+        from interscale.evaluation import calculate_gene_ranks
+        from interscale.evaluation._heldout import auroc_with_reason, report_cells
+    except ImportError as exc:
+        out["auroc_reason"] = f"interscale.evaluation could not be imported: {exc}"
+        return out
+    try:
+        ranks = calculate_gene_ranks(
+            adata,
+            layers_local_pred="_y_pred_local",
+            layers_global_pred="_y_pred_global",
+            cells=report_cells(adata, "val,test", split_key),
+            split_key=split_key,
+        )
+    except (KeyError, ValueError) as exc:
+        out["auroc_reason"] = f"no held-out gene ranks: {exc}"
+        return out
+    out["gene_ranks_cells"] = ranks.attrs["cells"]
+    out["gene_ranks_n_cells"] = int(ranks.attrs["n_cells"])
+    auroc, reason = auroc_with_reason(ranks, adata.var)
+    out["auroc_local_vs_global_genes"] = auroc
+    if reason is not None:
+        out["auroc_reason"] = reason
+    return out
 
 
 def _print_report(report: dict) -> None:
@@ -199,11 +211,16 @@ def _print_report(report: dict) -> None:
         loc = report["heldout_r2_local"][split]
         glo = report["heldout_r2_global"][split]
         print(f"    {split:<8}{loc:>10.4f}{glo:>10.4f}")
-    if "auroc_local_vs_global_genes" in report:
+    auroc = report.get("auroc_local_vs_global_genes")
+    if "gene_ranks_cells" in report:
         print(
-            "  AUROC of Rank Difference, planted local vs global genes: "
-            f"{report['auroc_local_vs_global_genes']:.3f}"
+            f"  gene ranks scored on {report['gene_ranks_cells']} "
+            f"({report['gene_ranks_n_cells']} cells)"
         )
+    if auroc is not None:
+        print(f"  AUROC of Rank Difference, planted local vs global genes: {auroc:.3f}")
+    elif "auroc_reason" in report:
+        print(f"  AUROC not computed: {report['auroc_reason']}")
     print(f"  total             {report['total_seconds']:.1f} s")
 
 
@@ -271,7 +288,18 @@ def _cmd_output(args) -> int:
 def _cmd_evaluate(args) -> int:
     from interscale.evaluation import evaluate_to_folder
 
-    evaluate_to_folder(args.h5ad, args.checkpoint, args.out, config=args.config)
+    metrics = evaluate_to_folder(
+        args.h5ad,
+        args.checkpoint,
+        args.out,
+        config=args.config,
+        cells=args.cells,
+        n_boot=args.n_boot,
+        seed=args.seed,
+    )
+    print(f"wrote {args.out} (gene ranks scored on {metrics['cells']})")
+    if metrics.get("auroc_rank_difference") is None:
+        print(f"AUROC not computed: {metrics.get('auroc_reason')}")
     return 0
 
 
@@ -335,6 +363,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--config")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--cells",
+        default="val,test",
+        help="cells the gene ranks are scored on: split names, comma-separated, or 'all' "
+        "(default: val,test, the held-out samples; a missing test split is skipped)",
+    )
+    p.add_argument(
+        "--n-boot",
+        type=int,
+        default=100,
+        dest="n_boot",
+        help="bootstrap resamples for the R^2 and Rank Difference intervals (0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("job", help="the main job: built-in data -> train -> outputs -> report")

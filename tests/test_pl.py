@@ -76,7 +76,9 @@ def test_gene_ranks_plot_labels_and_save(adata, tmp_path):
     df = calculate_gene_ranks(
         adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
     )
-    ax = interscale.pl.gene_ranks(df, top_n=3, save=tmp_path / "ranks.png")
+    # show_all: the top genes of each side, claimed or not (default: claimed ones only,
+    # tested in test_ranks_heldout.py)
+    ax = interscale.pl.gene_ranks(df, top_n=3, show_all=True, save=tmp_path / "ranks.png")
     assert png_bytes(ax.figure).startswith(PNG_MAGIC)
     assert (tmp_path / "ranks.png").read_bytes().startswith(PNG_MAGIC)
     assert [p.name for p in tmp_path.iterdir()] == ["ranks.png"]  # no temp file left

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,21 @@ def evaluate_to_folder(
     config: str | os.PathLike[str] | None = None,
     n_top_genes: int = 10,
     gene_sets: str = "GO_Biological_Process",
+    cells: str | Sequence[str] = "val,test",
+    n_boot: int = 100,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Run the gene-level evaluation of a trained model and write its tables and figures.
 
-    Steps: per-gene R^2 ranks of both heads (:func:`calculate_gene_ranks`), standardised
-    loadings of each head on its own embedding (:func:`gene_loadings`), the numerical rank of
-    both embeddings (:func:`latent_rank_report`), the importance of each head's latent
-    dimensions (:func:`calculate_dim_importance`), the top genes of the important dimensions
+    Steps: per-gene R^2 ranks of both heads with bootstrap intervals, scored on the held-out
+    samples by default (:func:`calculate_gene_ranks`), the claimed local-driven and
+    global-driven genes (:func:`driven_genes`), standardised loadings of each head on its
+    own embedding (:func:`gene_loadings`), the numerical rank of both embeddings
+    (:func:`latent_rank_report`), the importance of each head's latent dimensions
+    (:func:`calculate_dim_importance`), the top genes of the important dimensions
     (:func:`get_genes_dim`, dims taken from the computed importance) and an offline GO
-    enrichment of the top local-driven and global-driven genes against the measured genes.
+    enrichment of the claimed local-driven and global-driven genes against the measured
+    genes.
 
     Parameters
     ----------
@@ -74,17 +81,31 @@ def evaluate_to_folder(
     config
         Optional YAML config; default: the config stored in the checkpoint.
     n_top_genes
-        Genes taken from each end of the Rank Difference for the enrichment, and per dim.
+        Claimed genes taken per head for the enrichment (strongest Rank Difference first),
+        and genes per dim.
     gene_sets
         Shipped gene-set library name or ``.gmt`` path for :func:`interscale.tl.enrich`.
+    cells
+        Cells the gene ranks are scored on: split names (``"val,test"``, the held-out
+        samples, by default; held-out names the data lacks, such as a missing test split,
+        are skipped) or ``"all"``. The split column is the one recorded by the model setup.
+    n_boot
+        Bootstrap resamples for the intervals of R^2 and Rank Difference (0: none).
+    seed
+        Seed of the bootstrap.
 
     Returns
     -------
     dict
-        Key metrics (also written to ``<out>/metrics.json``): mean R^2 per head, the rank of
-        each embedding, the important dims per head, the top enriched term per gene group
-        and, when ``var["program"]`` holds planted ground truth, the AUROC of the Rank
-        Difference separating local from global genes.
+        Key metrics (also written to ``<out>/metrics.json``): the scored cells
+        (``cells``, ``n_cells_scored``) and the ``bootstrap`` set-up, mean R^2 per head on
+        them, the number and the top ``n_top_genes`` of claimed genes per head
+        (``n_driven_<head>``, ``driven_genes_<head>``) with the numbers dropped by the R^2
+        floor or the interval, the rank of each embedding, the important dims per head, the
+        top enriched term per gene group (or ``enrichment_reason_<head>`` when there was no
+        claimed gene to test) and ``auroc_rank_difference``: the AUROC of the Rank Difference
+        separating planted local from global genes (``var["program"]``), or None with
+        ``auroc_reason`` saying why it could not be computed.
 
     Raises
     ------
@@ -99,13 +120,21 @@ def evaluate_to_folder(
 
     import interscale as isc
     from interscale.evaluation import (
-        auroc_rank_difference,
         calculate_dim_importance,
         calculate_gene_ranks,
+        driven_genes,
         gene_loadings,
         get_genes_dim,
         latent_rank_report,
     )
+    from interscale.evaluation._heldout import (
+        _describe,
+        _split_key_of,
+        auroc_with_reason,
+        report_cells,
+    )
+    from interscale.evaluation._ranks import _claim_summary, _describe_cells
+    from interscale.tl._enrich import _empty_result
 
     h5ad = Path(h5ad)
     if not h5ad.is_file():
@@ -135,20 +164,37 @@ def evaluate_to_folder(
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)}
 
+    split_key = _split_key_of(adata)
     ranks = calculate_gene_ranks(
-        adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+        adata,
+        layers_local_pred="_y_pred_local",
+        layers_global_pred="_y_pred_global",
+        cells=report_cells(adata, cells, split_key),
+        split_key=split_key,
+        n_boot=n_boot,
+        seed=seed,
     )
+    print(f"gene ranks scored on: {_describe_cells(ranks, adata.n_obs)}")
+    metrics.update(_describe(ranks))
     _write_csv(ranks, out / "gene_ranks.csv")
     _save_figure(isc.pl.gene_ranks(ranks, top_n=5), out / "gene_ranks.png")
     metrics["mean_r2_local"] = float(np.nanmean(ranks["r2_local"]))
     metrics["mean_r2_global"] = float(np.nanmean(ranks["r2_global"]))
-    if "program" in adata.var:
-        try:
-            metrics["auroc_rank_difference"] = float(
-                auroc_rank_difference(ranks, adata.var["program"].astype(str))
-            )
-        except ValueError:
-            metrics["auroc_rank_difference"] = None
+    auroc, reason = auroc_with_reason(ranks, adata.var)
+    metrics["auroc_rank_difference"] = auroc
+    if reason is not None:
+        metrics["auroc_reason"] = reason
+    groups = {}
+    for head in _HEADS:
+        summary = _claim_summary(ranks, head)
+        groups[head] = driven_genes(ranks, which=head, n=n_top_genes)
+        metrics[f"n_driven_{head}"] = summary["n_claimed"]
+        metrics[f"driven_genes_{head}"] = groups[head]
+        metrics[f"n_dropped_below_floor_{head}"] = summary["n_below_floor"]
+        metrics[f"n_dropped_interval_{head}"] = summary["n_interval_includes_0"]
+        metrics[f"driven_rule_{head}"] = summary["floor"] + (
+            f" and {summary['interval']}" if summary["interval"] else ""
+        )
 
     gene_loadings(adata, model, layer_key=layer)
     rank_rows = []
@@ -191,14 +237,13 @@ def evaluate_to_folder(
             out / f"genes_dim_{head}.png",
         )
 
-    ordered = ranks.sort_values("Rank Difference", kind="mergesort")
-    groups = {
-        "local": ordered["gene"].iloc[::-1].head(n_top_genes).tolist(),
-        "global": ordered["gene"].head(n_top_genes).tolist(),
-    }
     tables = {}
     for group, genes in groups.items():
-        table = isc.tl.enrich(genes, gene_sets=gene_sets, background=adata)
+        if genes:
+            table = isc.tl.enrich(genes, gene_sets=gene_sets, background=adata)
+        else:
+            table = _empty_result()
+            metrics[f"enrichment_reason_{group}"] = f"no claimed {group}-driven genes"
         tables[group] = table
         _write_csv(table, out / f"enrichment_{group}.csv")
         term, padj = _top_term(table)

@@ -57,14 +57,22 @@ def _chunk_rows(n_cols: int) -> int:
     return max(1, _CHUNK_VALUES // max(n_cols, 1))
 
 
-def _row_chunks(x: Any, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Yield consecutive dense float64 row blocks of ``x`` (dense or sparse)."""
+def _row_chunks(x: Any, chunk_rows: int, rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Yield consecutive dense float64 row blocks of ``x`` (dense or sparse).
+
+    With ``rows`` (integer row indices), only those rows are read, in that order, each block
+    holding the next ``chunk_rows`` of them: the blocks equal those of ``x[rows]`` without
+    that copy ever being made.
+    """
     if _is_sparse(x) and not isinstance(x, sp.csr_matrix | sp.csr_array):
         # Row slices of CSC/COO are slow; a CSR copy is still sparse (no densification).
         x = sp.csr_matrix(x)
-    n = x.shape[0]
+    n = x.shape[0] if rows is None else len(rows)
     for start in range(0, n, chunk_rows):
-        block = x[start : start + chunk_rows]
+        if rows is None:
+            block = x[start : start + chunk_rows]
+        else:
+            block = x[rows[start : start + chunk_rows]]
         if _is_sparse(block):
             yield block.toarray().astype(np.float64, copy=False)
         else:

@@ -9,13 +9,81 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from interscale.evaluation._ranks import driven_genes
 from interscale.pl._utils import _finish, _new_axes, _require_columns
+
+_INTERVAL_COLUMNS = ("rank_difference_lo", "rank_difference_hi")
+
+
+def _rows_of(df: pd.DataFrame, genes: list[str]) -> pd.DataFrame:
+    """Rows of ``df`` for ``genes``, in that order (first row of a repeated name)."""
+    first = df.drop_duplicates("gene")
+    first = first.set_index(first["gene"].astype(str).to_numpy())
+    return first.loc[genes].reset_index(drop=True)
+
+
+def _interval_segments(df: pd.DataFrame) -> np.ndarray | None:
+    """Per gene, the bar (2 points) of its Rank Difference interval, or None without one.
+
+    The bar runs perpendicular to y = x through (Local Rank, Global Rank): moving by t/2
+    along (1, -1) changes the Rank Difference by t and leaves Avg Rank as it is.
+    """
+    if not all(c in df.columns for c in _INTERVAL_COLUMNS):
+        return None
+    x = df["Local Rank"].to_numpy(dtype=np.float64)
+    y = df["Global Rank"].to_numpy(dtype=np.float64)
+    d = x - y
+    ends = []
+    for col in _INTERVAL_COLUMNS:
+        t = df[col].to_numpy(dtype=np.float64) - d
+        ends.append(np.column_stack([x + t / 2.0, y - t / 2.0]))
+    return np.stack(ends, axis=1)  # genes x 2 points x (x, y)
+
+
+def _interval_label(df: pd.DataFrame) -> str:
+    boot = df.attrs.get("bootstrap") or {}
+    ci = boot.get("ci")
+    level = f"{100 * float(ci):g}% " if ci is not None else ""
+    return f"{level}bootstrap interval of Rank Difference (crosses y = x: includes 0)"
+
+
+def _draw_intervals(
+    ax: Any,
+    df: pd.DataFrame,
+    segments: np.ndarray,
+    *,
+    intervals: str,
+    groups: Any,
+    label: str,
+) -> None:
+    from matplotlib.collections import LineCollection
+
+    ok = np.isfinite(segments).all(axis=(1, 2))
+    if intervals == "all":
+        ax.add_collection(
+            LineCollection(
+                segments[ok], colors="gray", linewidths=0.8, alpha=0.35, zorder=1.5, label=label
+            )
+        )
+    else:  # a neutral legend entry for the coloured bars
+        ax.plot([], [], color="dimgray", linewidth=1.4, label=label)
+    index = {str(g): i for i, g in reversed(list(enumerate(df["gene"])))}
+    for sub, color in groups:
+        rows = [i for i in (index[str(g)] for g in sub["gene"]) if ok[i]]
+        if rows:
+            ax.add_collection(
+                LineCollection(segments[rows], colors=color, linewidths=1.4, zorder=3.5)
+            )
 
 
 def gene_ranks(
     merged_df: pd.DataFrame,
     *,
     top_n: int = 5,
+    show_all: bool = False,
+    margin: float = 0.01,
+    require_interval: bool = True,
+    intervals: str = "all",
     ax: Any = None,
     figsize: tuple[float, float] = (6.5, 6.5),
     title: str | None = "Gene Prediction Rank: Local vs. Global",
@@ -29,12 +97,21 @@ def gene_ranks(
     dpi: int = 300,
     show: bool = False,
 ) -> Any:
-    """Scatter of each gene's local rank against its global rank, top genes labelled.
+    """Scatter of each gene's local rank against its global rank, driven genes labelled.
 
     Higher rank = better R^2. Genes below the diagonal are predicted relatively better by
-    the local head (local-driven, largest positive Rank Difference), genes above it by the
-    global head. The ``top_n`` local-driven, global-driven and best predicted (highest
-    Avg Rank) genes are highlighted and named.
+    the local head (local-driven, positive Rank Difference), genes above it by the global
+    head. By default only genes that can be claimed (:func:`interscale.evaluation.driven_genes`:
+    the head beats the mean predictor and, with bootstrap columns, the Rank Difference
+    interval excludes 0) are highlighted and named, at most ``top_n`` per head;
+    ``show_all=True`` highlights the ``top_n`` largest and smallest Rank Differences
+    regardless. The ``top_n`` best predicted genes (highest Avg Rank) get a green ring.
+
+    When the table has bootstrap columns (``rank_difference_lo``/``_hi``), each gene's
+    Rank Difference interval is drawn as a short bar perpendicular to the y = x line through
+    the gene's point: along the bar Avg Rank stays fixed and the Rank Difference runs from
+    the lower to the upper bound, so **a bar that crosses the dashed y = x line is a gene
+    whose interval includes 0**. (Percentile intervals need not contain the point itself.)
 
     Parameters
     ----------
@@ -42,6 +119,13 @@ def gene_ranks(
         Output of :func:`interscale.evaluation.calculate_gene_ranks`.
     top_n
         Genes highlighted per category (0: none).
+    show_all
+        Highlight the top ``top_n`` genes of each side whether or not they can be claimed.
+    margin, require_interval
+        Passed to :func:`interscale.evaluation.driven_genes` (when ``show_all`` is False).
+    intervals
+        Which bootstrap intervals to draw, when the columns exist: ``"all"`` (faint grey for
+        every gene, coloured for highlighted ones), ``"highlighted"`` or ``"none"``.
     ax
         Axes to draw on (default: a new figure).
     figsize
@@ -68,15 +152,22 @@ def gene_ranks(
     Raises
     ------
     KeyError
-        A required column is missing.
+        A required column is missing (``r2_local``/``r2_global`` are needed unless
+        ``show_all``).
     ValueError
-        ``top_n`` is negative or the table is empty.
+        ``top_n`` is negative, ``intervals`` is unknown or the table is empty.
     """
     what = "pl.gene_ranks"
     cols = ["gene", "Local Rank", "Global Rank", "Rank Difference", "Avg Rank"]
     _require_columns(merged_df, cols, what=what)
     if not isinstance(top_n, int | np.integer) or top_n < 0:
         raise ValueError(f"{what}: top_n must be an integer >= 0, got {top_n!r}")
+    if intervals not in ("all", "highlighted", "none"):
+        raise ValueError(
+            f"{what}: intervals must be 'all', 'highlighted' or 'none', got {intervals!r}"
+        )
+    if not show_all:
+        _require_columns(merged_df, ["r2_local", "r2_global"], what=what)
     if len(merged_df) == 0:
         raise ValueError(f"{what}: the table is empty")
 
@@ -88,9 +179,31 @@ def gene_ranks(
     x, y = merged_df["Local Rank"], merged_df["Global Rank"]
     ax.scatter(x, y, s=16, alpha=0.6, color="gray", linewidths=0, label="All genes", zorder=2)
 
-    top_local = merged_df.nlargest(top_n, "Rank Difference")
-    top_global = merged_df.nsmallest(top_n, "Rank Difference")
+    if show_all:
+        top_local = merged_df.nlargest(top_n, "Rank Difference")
+        top_global = merged_df.nsmallest(top_n, "Rank Difference")
+        names = ("Top local-driven", "Top global-driven")
+    else:
+        claim = {"n": top_n, "margin": margin, "require_interval": require_interval}
+        top_local, top_global = (
+            _rows_of(merged_df, driven_genes(merged_df, which=which, **claim))
+            for which in ("local", "global")
+        )
+        names = tuple(
+            f"Claimed {which}-driven" + ("" if len(sub) else ": none")
+            for which, sub in (("local", top_local), ("global", top_global))
+        )
     top_best = merged_df.nlargest(top_n, "Avg Rank")
+    segments = _interval_segments(merged_df) if intervals != "none" else None
+    if segments is not None:
+        _draw_intervals(
+            ax,
+            merged_df,
+            segments,
+            intervals=intervals,
+            groups=((top_local, color_local), (top_global, color_global)) if top_n else (),
+            label=_interval_label(merged_df),
+        )
     if top_n > 0:
         # Best predicted genes get a ring, so a gene that is also local- or global-driven
         # shows both memberships; every gene is named once.
@@ -105,8 +218,8 @@ def gene_ranks(
             zorder=3,
         )
         for label, sub, color in (
-            ("Top local-driven", top_local, color_local),
-            ("Top global-driven", top_global, color_global),
+            (names[0], top_local, color_local),
+            (names[1], top_global, color_global),
         ):
             ax.scatter(
                 sub["Local Rank"],
@@ -141,6 +254,10 @@ def gene_ranks(
 
     lo = float(np.nanmin([x.min(), y.min()]))
     hi = float(np.nanmax([x.max(), y.max()]))
+    if segments is not None and intervals == "all":
+        ends = segments[np.isfinite(segments).all(axis=(1, 2))]
+        if len(ends):
+            lo, hi = min(lo, float(ends.min())), max(hi, float(ends.max()))
     ax.plot([lo, hi], [lo, hi], "--", color="#C0392B", linewidth=1, label="Equal rank (y = x)")
     pad = 0.05 * (hi - lo if hi > lo else 1.0)
     ax.set_xlim(lo - pad, hi + pad)

@@ -1,0 +1,131 @@
+"""Scores read on the held-out samples: per-split R^2, the scored cells of a report, AUROC."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from interscale.evaluation._ranks import _r2_per_gene, auroc_rank_difference
+from interscale.evaluation._resample import _split_names
+from interscale.evaluation._utils import _get_matrix
+
+__all__ = ["HELDOUT_SPLITS", "heldout_r2"]
+
+# The splits whose samples the model was not fitted to.
+HELDOUT_SPLITS = ("val", "test")
+
+
+def heldout_r2(
+    adata: AnnData, pred_key: str, truth_key: str, split_key: str = "split"
+) -> dict[str, float]:
+    """Mean over genes of the per-gene R^2 of a prediction layer, per split.
+
+    The per-gene R^2 is that of :func:`calculate_gene_ranks` (chunked, sparse-aware,
+    non-finite entries left out, NaN for a gene constant within the split); only the rows of
+    each split are read.
+
+    Parameters
+    ----------
+    adata
+        AnnData with the prediction layer, the truth layer and the split column.
+    pred_key
+        Layer with the predictions (e.g. ``"_y_pred_local"``).
+    truth_key
+        Layer with the values predicted (e.g. ``"log1p_norm"``).
+    split_key
+        obs column; one value is reported per split present.
+
+    Returns
+    -------
+    dict
+        Split name -> mean R^2 over the genes with a defined R^2 (NaN if none), splits in
+        sorted order.
+
+    Raises
+    ------
+    KeyError
+        A layer or the split column is missing.
+    ValueError
+        A layer has the wrong shape.
+    """
+    what = "heldout_r2"
+    if split_key not in adata.obs.columns:
+        raise KeyError(
+            f"{what}: split column {split_key!r} not found in adata.obs "
+            f"(columns: {list(adata.obs.columns)})"
+        )
+    truth = _get_matrix(adata, truth_key, what=what)
+    pred = _get_matrix(adata, pred_key, what=what)
+    splits = adata.obs[split_key].astype(str).to_numpy()
+    out = {}
+    for split in sorted(set(splits)):
+        rows = np.flatnonzero(splits == split)
+        (r2,) = _r2_per_gene(truth, [pred], rows=rows)
+        out[split] = float(np.nanmean(r2)) if np.isfinite(r2).any() else np.nan
+    return out
+
+
+def _split_key_of(adata: AnnData) -> str:
+    """The split column recorded by the model setup, else ``"split"``."""
+    info = adata.uns.get("interscale")
+    key = info.get("split_key") if isinstance(info, Mapping) else None
+    return str(key) if key else "split"
+
+
+def report_cells(
+    adata: AnnData, cells: str | Sequence[str] | None, split_key: str
+) -> str | list[str] | None:
+    """The ``cells`` a report scores: held-out split names are kept where present.
+
+    A request for held-out splits only (``"val,test"``, ``["val"]``, ...) keeps the ones the
+    data has, so data without a test split is scored on its validation samples; any other
+    request is passed on unchanged (and checked by :func:`calculate_gene_ranks`).
+
+    Raises
+    ------
+    KeyError
+        Held-out cells are requested but ``split_key`` is not an obs column.
+    ValueError
+        Held-out cells are requested but the data has none.
+    """
+    names = _split_names(cells) if cells is not None else None
+    if not names or not set(names) <= set(HELDOUT_SPLITS):
+        return cells
+    if split_key not in adata.obs.columns:
+        raise KeyError(
+            f"no split column {split_key!r} in adata.obs to find the held-out cells "
+            f"({', '.join(names)}); pass cells='all' to score every cell"
+        )
+    present = set(adata.obs[split_key].astype(str))
+    kept = [name for name in names if name in present]
+    if not kept:
+        raise ValueError(
+            f"no held-out cells: adata.obs[{split_key!r}] has none of {names} "
+            f"(available: {sorted(present)}); pass cells='all' to score every cell"
+        )
+    return kept
+
+
+def auroc_with_reason(ranks: pd.DataFrame, var: pd.DataFrame) -> tuple[float | None, str | None]:
+    """AUROC of the Rank Difference for planted local vs global genes, or why there is none."""
+    if "program" not in var.columns:
+        return None, "no var['program'] column: data without planted programs"
+    try:
+        return float(auroc_rank_difference(ranks, var["program"].astype(str))), None
+    except ValueError as exc:
+        return None, f"auroc_rank_difference failed: {exc}"
+
+
+def _describe(ranks: pd.DataFrame) -> dict[str, Any]:
+    """The scored cells and bootstrap set-up of a gene-rank table, for a JSON report."""
+    out: dict[str, Any] = {
+        "cells": ranks.attrs.get("cells"),
+        "n_cells_scored": ranks.attrs.get("n_cells"),
+    }
+    if "bootstrap" in ranks.attrs:
+        out["bootstrap"] = dict(ranks.attrs["bootstrap"])
+    return out

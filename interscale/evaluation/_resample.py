@@ -1,0 +1,332 @@
+"""Which cells a gene-level score is read on, and bootstrap intervals of the per-gene R^2."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy.stats import rankdata
+
+from interscale.evaluation._utils import _chunk_rows, _row_chunks
+
+# Whole samples are resampled when the scored cells come from at least this many samples;
+# with fewer, a resample of samples has too few distinct outcomes and cells are resampled.
+MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP = 5
+
+# Values held by one block of resamples: the count matrix of the cell bootstrap
+# (resamples x cells, float32) and the summed statistics (resamples x statistics, float64).
+_BOOT_BLOCK_VALUES = 1 << 24
+
+# A resample's sum of squares about its mean below this fraction of its (shifted) sum of
+# squares is rounding: the gene is constant in that resample and its R^2 is undefined.
+_SS_TOT_RTOL = 1e-10
+
+# Statistics per gene and head: valid count, sum of shifted truth, sum of its squares and
+# sum of squared residuals.
+_N_STATS = 4
+
+
+@dataclass
+class CellSelection:
+    """Rows of the scored cells (None: all, in order) and a description of them."""
+
+    rows: np.ndarray | None
+    label: str
+    n_cells: int
+
+
+def _split_names(cells: Any) -> list[str] | None:
+    """Split names requested by ``cells``, or None if ``cells`` is not a list of names."""
+    if isinstance(cells, str):
+        return [c.strip() for c in cells.split(",") if c.strip()]
+    if isinstance(cells, list | tuple) and all(isinstance(c, str) for c in cells):
+        return [c.strip() for c in cells if c.strip()]
+    if isinstance(cells, np.ndarray) and cells.dtype.kind == "U":
+        return [str(c).strip() for c in cells if str(c).strip()]
+    return None
+
+
+def select_cells(adata: AnnData, cells: Any, split_key: str, *, what: str) -> CellSelection:
+    """Resolve ``cells`` (None, ``"all"``, split names or a boolean mask) to scored rows.
+
+    Raises
+    ------
+    KeyError
+        ``split_key`` is not an obs column, or a split name does not occur in it.
+    ValueError
+        The selection is empty or the mask has the wrong length.
+    TypeError
+        ``cells`` is neither split names nor a boolean mask.
+    """
+    n_obs = adata.n_obs
+    if cells is None:
+        return CellSelection(None, "all", n_obs)
+    names = _split_names(cells)
+    if names is not None:
+        if not names:
+            raise ValueError(f"{what}: cells={cells!r} names no split")
+        names = list(dict.fromkeys(names))  # drop repeats, keep the order given
+        if names == ["all"]:
+            return CellSelection(None, "all", n_obs)
+        if "all" in names:
+            raise ValueError(f"{what}: 'all' cannot be combined with split names in cells")
+        if not isinstance(split_key, str) or split_key not in adata.obs.columns:
+            raise KeyError(
+                f"{what}: split column {split_key!r} not found in adata.obs (columns: "
+                f"{list(adata.obs.columns)}); pass split_key=<column> or a boolean mask as cells"
+            )
+        split = adata.obs[split_key].astype(str).to_numpy()
+        present = sorted(pd.unique(split))
+        unknown = [name for name in names if name not in present]
+        if unknown:
+            raise KeyError(
+                f"{what}: split name(s) {unknown} not found in adata.obs[{split_key!r}]; "
+                f"available: {present}"
+            )
+        mask = np.isin(split, names)
+        label = ",".join(names)
+    else:
+        values = cells.to_numpy() if isinstance(cells, pd.Series) else np.asarray(cells)
+        if values.dtype != np.bool_:
+            raise TypeError(
+                f"{what}: cells must be None, 'all', split names (e.g. ['val', 'test'] or "
+                f"'val,test') or a boolean mask over the cells, got {type(cells).__name__} "
+                f"of dtype {values.dtype}"
+            )
+        if values.ndim != 1 or values.shape[0] != n_obs:
+            raise ValueError(
+                f"{what}: the cells mask has shape {values.shape}, expected ({n_obs},) "
+                "(one entry per cell)"
+            )
+        mask = values
+        label = f"mask ({int(mask.sum())} cells)"
+    n_sel = int(mask.sum())
+    if n_sel == 0:
+        raise ValueError(f"{what}: cells={cells!r} selects no cells")
+    rows = None if n_sel == n_obs else np.flatnonzero(mask)
+    return CellSelection(rows, label, n_sel)
+
+
+def sample_units(
+    adata: AnnData, rows: np.ndarray | None, library_key: str | Sequence[str] | None, *, what: str
+) -> tuple[np.ndarray | None, str | None]:
+    """Sample code (0..n-1, in sorted label order) of every scored cell and the key used.
+
+    The key is ``library_key`` when given, else the sample key(s) recorded by the model
+    setup in ``adata.uns["interscale"]["sample_key"]``, else ``"sample"`` when that obs
+    column exists; without any, ``(None, None)``.
+    """
+    if library_key is not None:
+        keys = [library_key] if isinstance(library_key, str) else [str(k) for k in library_key]
+    else:
+        info = adata.uns.get("interscale")
+        recorded = info.get("sample_key") if isinstance(info, Mapping) else None
+        if recorded is not None:
+            keys = [recorded] if isinstance(recorded, str) else [str(k) for k in recorded]
+        elif "sample" in adata.obs.columns:
+            keys = ["sample"]
+        else:
+            return None, None
+    if not keys:
+        raise ValueError(f"{what}: library_key names no obs column")
+    for key in keys:
+        if key not in adata.obs.columns:
+            raise KeyError(
+                f"{what}: sample column {key!r} not found in adata.obs (columns: "
+                f"{list(adata.obs.columns)}); pass library_key=<the column naming each sample>"
+            )
+        if adata.obs[key].isna().any():
+            raise ValueError(f"{what}: adata.obs[{key!r}] has missing values")
+    labels = adata.obs[keys[0]].astype(str)
+    for key in keys[1:]:
+        labels = labels + "|" + adata.obs[key].astype(str)
+    values = labels.to_numpy()
+    codes, _ = pd.factorize(values if rows is None else values[rows], sort=True)
+    return codes.astype(np.int64), ",".join(keys)
+
+
+def draw_counts(rng: np.random.Generator, n_units: int, n_resamples: int) -> np.ndarray:
+    """How often each unit is drawn, for ``n_resamples`` resamples of ``n_units`` units.
+
+    Resample ``b`` is ``rng.integers(0, n_units, size=n_units)``, drawn one after another,
+    so blocks of resamples drawn in turn give the same draws as one long run.
+    """
+    out = np.empty((n_resamples, n_units), dtype=np.float32)
+    for b in range(n_resamples):
+        draw = rng.integers(0, n_units, size=n_units)
+        out[b] = np.bincount(draw, minlength=n_units)
+    return out
+
+
+def _shift_of(y: np.ndarray) -> np.ndarray:
+    """Per-gene mean of the finite values of a block (0 where none): a centring constant."""
+    finite = np.isfinite(y)
+    total = np.where(finite, y, 0.0).sum(axis=0)
+    count = finite.sum(axis=0)
+    return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+
+
+def _all_finite(x: Any) -> bool:
+    """Whether every entry of ``x`` (dense or sparse) is finite, checked in chunks."""
+    if sp.issparse(x):
+        data = x.data
+        step = 1 << 20
+        return all(np.isfinite(data[s : s + step]).all() for s in range(0, len(data), step))
+    x = np.asarray(x)
+    if x.dtype.kind in "biu":
+        return True
+    step = _chunk_rows(x.shape[1])
+    return all(np.isfinite(x[s : s + step]).all() for s in range(0, x.shape[0], step))
+
+
+def _n_stats(n_heads: int, n_genes: int, compact: bool) -> int:
+    return 1 + (2 + n_heads) * n_genes if compact else n_heads * _N_STATS * n_genes
+
+
+def _block_stats(
+    y: np.ndarray, preds: Sequence[np.ndarray], shift: np.ndarray, compact: bool
+) -> np.ndarray:
+    """Per-cell statistics whose count-weighted sums give each head's R^2 in a resample.
+
+    ``compact`` (every entry finite): one count column, then the shifted truth, its square
+    and each head's squared residual (1 + (2 + heads) * genes columns). Otherwise, per head,
+    the valid-entry count, shifted truth, its square and squared residual, each over the
+    entries where truth and that head's prediction are finite (heads * 4 * genes columns).
+    """
+    n_rows, n_genes = y.shape
+    yc = y - shift
+    with np.errstate(invalid="ignore", over="ignore"):
+        if compact:
+            out = np.empty((n_rows, 2 + len(preds), n_genes))
+            out[:, 0] = yc
+            out[:, 1] = yc * yc
+            for h, p in enumerate(preds):
+                out[:, 2 + h] = (y - p) ** 2
+            return np.concatenate([np.ones((n_rows, 1)), out.reshape(n_rows, -1)], axis=1)
+        out = np.empty((n_rows, len(preds), _N_STATS, n_genes))
+        y_ok = np.isfinite(y)
+        for h, p in enumerate(preds):
+            valid = y_ok & np.isfinite(p)
+            out[:, h, 0] = valid
+            yv = np.where(valid, yc, 0.0)
+            out[:, h, 1] = yv
+            out[:, h, 2] = yv * yv
+            out[:, h, 3] = np.where(valid, (y - p) ** 2, 0.0)
+    return out.reshape(n_rows, -1)
+
+
+def _r2_from_sums(sums: np.ndarray, n_heads: int, n_genes: int, compact: bool) -> list[np.ndarray]:
+    """Per-resample, per-gene R^2 of each head from summed statistics (resamples x stats)."""
+    n_res = sums.shape[0]
+    if compact:
+        n = sums[:, :1]
+        t = sums[:, 1:].reshape(n_res, 2 + n_heads, n_genes)
+        parts = [(n, t[:, 0], t[:, 1], t[:, 2 + h]) for h in range(n_heads)]
+    else:
+        t = sums.reshape(n_res, n_heads, _N_STATS, n_genes)
+        parts = [(t[:, h, 0], t[:, h, 1], t[:, h, 2], t[:, h, 3]) for h in range(n_heads)]
+    out = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for n, sy, syy, sres in parts:
+            ss_tot = syy - sy * sy / n
+            ok = (n >= 2) & (ss_tot > _SS_TOT_RTOL * syy)
+            out.append(np.where(ok, 1.0 - sres / np.where(ok, ss_tot, 1.0), np.nan))
+    return out
+
+
+def _rank_nan_last_rows(r2: np.ndarray) -> np.ndarray:
+    """Average ranks within each row (ascending); NaN shares the lowest ranks."""
+    return rankdata(np.where(np.isnan(r2), -np.inf, r2), method="average", axis=1)
+
+
+def _percentiles(values: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over the resamples (axis 0), NaN resamples left out."""
+    alpha = 1.0 - ci
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        lo, hi = np.nanquantile(values, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
+    return lo, hi
+
+
+def bootstrap_gene_r2(
+    y_true: Any,
+    preds: Sequence[Any],
+    rows: np.ndarray | None,
+    units: np.ndarray | None,
+    *,
+    n_boot: int,
+    seed: int | None,
+    ci: float,
+) -> dict[str, np.ndarray]:
+    """Percentile intervals of each head's per-gene R^2 and of the Rank Difference.
+
+    ``units`` gives the sample code of each scored cell (resample whole samples) or is None
+    (resample cells). Every resample is a vector of draw counts per unit; the R^2 of a
+    resample follows from count-weighted sums of per-unit statistics (n, sum and sum of
+    squares of the truth, sum of squared residuals), SS_tot = sum y^2 - (sum y)^2 / n.
+    """
+    n_genes = y_true.shape[1]
+    n_heads = len(preds)
+    compact = all(_all_finite(x) for x in (y_true, *preds))
+    n_stats = _n_stats(n_heads, n_genes, compact)
+    n_cells = y_true.shape[0] if rows is None else len(rows)
+    chunk = _chunk_rows(n_genes * (1 + n_heads + n_heads * _N_STATS))
+    rng = np.random.default_rng(seed)
+
+    def chunks() -> Any:
+        return zip(
+            _row_chunks(y_true, chunk, rows),
+            *[_row_chunks(p, chunk, rows) for p in preds],
+            strict=True,
+        )
+
+    shift: np.ndarray | None = None
+    if units is not None:
+        n_units = int(units.max()) + 1
+        per_unit = np.zeros((n_units, n_stats))
+        start = 0
+        for y, *ps in chunks():
+            if shift is None:
+                shift = _shift_of(y)
+            m = y.shape[0]
+            code = units[start : start + m]
+            onehot = sp.csr_matrix(
+                (np.ones(m), (code, np.arange(m))), shape=(n_units, m), dtype=np.float64
+            )
+            per_unit += onehot @ _block_stats(y, ps, shift, compact)
+            start += m
+    else:
+        n_units = n_cells
+        per_unit = None
+
+    block = max(1, min(n_boot, _BOOT_BLOCK_VALUES // max(n_units, n_stats)))
+    r2_heads: list[list[np.ndarray]] = [[] for _ in preds]
+    for b0 in range(0, n_boot, block):
+        counts = draw_counts(rng, n_units, min(block, n_boot - b0))
+        if per_unit is not None:
+            sums = counts.astype(np.float64) @ per_unit
+        else:
+            sums = np.zeros((counts.shape[0], n_stats))
+            start = 0
+            for y, *ps in chunks():
+                if shift is None:
+                    shift = _shift_of(y)
+                m = y.shape[0]
+                stats = _block_stats(y, ps, shift, compact)
+                sums += counts[:, start : start + m].astype(np.float64) @ stats
+                start += m
+        for h, r2 in enumerate(_r2_from_sums(sums, n_heads, n_genes, compact)):
+            r2_heads[h].append(r2)
+    r2_all = [np.concatenate(parts, axis=0) for parts in r2_heads]
+    out: dict[str, np.ndarray] = {}
+    for name, r2 in zip(("local", "global"), r2_all, strict=True):
+        out[f"r2_{name}_lo"], out[f"r2_{name}_hi"] = _percentiles(r2, ci)
+    diff = _rank_nan_last_rows(r2_all[0]) - _rank_nan_last_rows(r2_all[1])
+    out["rank_difference_lo"], out["rank_difference_hi"] = _percentiles(diff, ci)
+    return out

@@ -1,0 +1,593 @@
+"""Gene ranks on held-out cells, bootstrap intervals, driven-gene claims and their plot."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import sys
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.collections import LineCollection
+from scipy.stats import rankdata
+
+import interscale
+from interscale.cli import _heldout_auroc, _print_report
+from interscale.evaluation import calculate_gene_ranks, driven_genes, heldout_r2
+from interscale.evaluation._ranks import BOOTSTRAP_COLUMNS, RANK_COLUMNS
+
+HYP = settings(max_examples=20, deadline=None)
+KW = {"layers_local_pred": "_y_pred_local", "layers_global_pred": "_y_pred_global"}
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def make_adata(
+    seed: int = 0,
+    n_samples: int = 8,
+    cells_per_sample: int = 20,
+    n_vars: int = 12,
+    sparse: bool = False,
+    splits: tuple[str, ...] = ("train", "train", "train", "val", "val", "test", "test", "val"),
+) -> ad.AnnData:
+    """Random AnnData with samples, a whole-sample split and both prediction layers."""
+    rng = np.random.default_rng(seed)
+    n_obs = n_samples * cells_per_sample
+    x = np.log1p(rng.poisson(rng.uniform(0.3, 3.0, n_vars), size=(n_obs, n_vars)))
+    x = x + 0.3 * rng.normal(size=(n_samples, n_vars)).repeat(cells_per_sample, axis=0)
+    x = np.clip(x, 0.0, None).astype(np.float32)
+    adata = ad.AnnData(X=np.zeros((n_obs, n_vars), dtype=np.float32))
+    adata.var_names = [f"g{i}" for i in range(n_vars)]
+    adata.obs_names = [f"c{i}" for i in range(n_obs)]
+    sample = np.repeat([f"s{i}" for i in range(n_samples)], cells_per_sample)
+    adata.obs["sample"] = pd.Categorical(sample)
+    split_of = {f"s{i}": splits[i % len(splits)] for i in range(n_samples)}
+    adata.obs["split"] = pd.Categorical([split_of[s] for s in sample])
+    adata.layers["log1p_norm"] = sp.csr_matrix(x) if sparse else x
+    noise_l = rng.normal(size=x.shape) * rng.uniform(0.1, 1.5, n_vars)
+    noise_g = rng.normal(size=x.shape) * rng.uniform(0.1, 1.5, n_vars)
+    adata.layers["_y_pred_local"] = (x + noise_l).astype(np.float32)
+    adata.layers["_y_pred_global"] = (0.7 * x + noise_g).astype(np.float32)
+    adata.uns["interscale"] = {"layer_key": "log1p_norm"}
+    return adata
+
+
+def dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+def naive_r2(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-gene R^2 by its definition, finite entries only, NaN for a constant gene."""
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        ok = np.isfinite(y[:, j]) & np.isfinite(p[:, j])
+        yy, pp = y[ok, j], p[ok, j]
+        if len(yy) >= 2 and np.ptp(yy) > 0:
+            out[j] = 1.0 - ((yy - pp) ** 2).sum() / ((yy - yy.mean()) ** 2).sum()
+    return out
+
+
+def naive_bootstrap(y, pl, pg, labels, n_boot, seed, ci=0.9):
+    """A plain loop over resamples: rebuild each resampled data set and score it."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        n_units = y.shape[0]
+        members = None
+    else:
+        names, codes = np.unique(labels, return_inverse=True)  # units in sorted label order
+        n_units = len(names)
+        members = [np.flatnonzero(codes == u) for u in range(n_units)]
+    r2l, r2g, diff = [], [], []
+    for _ in range(n_boot):
+        draw = rng.integers(0, n_units, size=n_units)
+        idx = draw if members is None else np.concatenate([members[u] for u in draw])
+        a, b = naive_r2(y[idx], pl[idx]), naive_r2(y[idx], pg[idx])
+        r2l.append(a)
+        r2g.append(b)
+        ra = rankdata(np.where(np.isnan(a), -np.inf, a), method="average")
+        rb = rankdata(np.where(np.isnan(b), -np.inf, b), method="average")
+        diff.append(ra - rb)
+    q = [(1 - ci) / 2, (1 + ci) / 2]
+    out = {"n_nan": np.isnan(np.array(r2l)).sum(axis=0)}
+    for name, values in (("r2_local", r2l), ("r2_global", r2g), ("rank_difference", diff)):
+        arr = np.array(values)
+        lo, hi = [], []
+        for j in range(arr.shape[1]):
+            col = arr[:, j][np.isfinite(arr[:, j])]
+            bounds = np.quantile(col, q) if len(col) else (np.nan, np.nan)
+            lo.append(bounds[0])
+            hi.append(bounds[1])
+        out[f"{name}_lo"], out[f"{name}_hi"] = np.array(lo), np.array(hi)
+    return out
+
+
+# ----------------------------------------------------------------------------- cells=
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize(
+    "cells,label",
+    [
+        (["val", "test"], "val,test"),
+        (("test", "val"), "test,val"),
+        ("val, test", "val,test"),
+        (["val"], "val"),
+    ],
+)
+def test_cells_by_split_equal_the_subset_copy(sparse, cells, label, monkeypatch):
+    adata = make_adata(sparse=sparse)
+    names = [cells] if isinstance(cells, str) else list(cells)
+    names = [n.strip() for part in names for n in part.split(",")]
+    mask = adata.obs["split"].isin(names).to_numpy()
+    expected = calculate_gene_ranks(adata[mask].copy(), **KW)
+    # the AnnData is neither copied nor subset: only rows of its layers are read
+    monkeypatch.setattr(ad.AnnData, "copy", lambda *a, **k: pytest.fail("copied"))
+    monkeypatch.setattr(ad.AnnData, "__getitem__", lambda *a, **k: pytest.fail("subset"))
+    got = calculate_gene_ranks(adata, cells=cells, **KW)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got.attrs["cells"] == label
+    assert got.attrs["n_cells"] == int(mask.sum()) < adata.n_obs
+    whole = calculate_gene_ranks(adata, **KW)
+    assert not np.array_equal(got["r2_local"], whole["r2_local"])
+
+
+def test_cells_mask_equal_the_subset_copy_in_small_chunks(monkeypatch):
+    monkeypatch.setattr("interscale.evaluation._utils._CHUNK_VALUES", 50)  # several chunks
+    adata = make_adata(seed=2)
+    y = np.array(adata.layers["_y_pred_local"])
+    y[::9, 3] = np.nan  # per-head missing values on the selected rows too
+    adata.layers["_y_pred_local"] = y
+    mask = np.random.default_rng(0).random(adata.n_obs) < 0.4
+    got = calculate_gene_ranks(adata, cells=mask, **KW)
+    expected = calculate_gene_ranks(adata[mask].copy(), **KW)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got.attrs["cells"] == f"mask ({mask.sum()} cells)"
+    series = calculate_gene_ranks(adata, cells=pd.Series(mask, index=adata.obs_names), **KW)
+    pd.testing.assert_frame_equal(series, expected, check_exact=True)
+
+
+def test_all_cells_unchanged():
+    adata = make_adata(seed=4)
+    base = calculate_gene_ranks(adata, **KW)
+    assert list(base.columns) == RANK_COLUMNS
+    assert base.attrs["cells"] == "all" and base.attrs["n_cells"] == adata.n_obs
+    y = dense(adata.layers["log1p_norm"])
+    np.testing.assert_allclose(
+        base["r2_local"], naive_r2(y, dense(adata.layers["_y_pred_local"])), rtol=1e-9
+    )
+    for cells in ("all", ["all"], np.ones(adata.n_obs, dtype=bool), ["train", "val", "test"]):
+        pd.testing.assert_frame_equal(
+            calculate_gene_ranks(adata, cells=cells, **KW), base, check_exact=True
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (
+            {"cells": ["val", "holdout"]},
+            KeyError,
+            r"holdout.*available: \['test', 'train', 'val'\]",
+        ),
+        ({"cells": "val", "split_key": "fold"}, KeyError, "split column 'fold'"),
+        ({"cells": np.ones(7, dtype=bool)}, ValueError, r"shape \(7,\), expected \(160,\)"),
+        ({"cells": np.zeros(160, dtype=bool)}, ValueError, "selects no cells"),
+        ({"cells": ""}, ValueError, "names no split"),
+        ({"cells": []}, ValueError, "names no split"),
+        ({"cells": "all,val"}, ValueError, "'all' cannot be combined"),
+        ({"cells": np.arange(160)}, TypeError, "boolean mask"),
+        ({"n_boot": -1}, ValueError, "n_boot"),
+        ({"n_boot": 1.5}, ValueError, "n_boot"),
+        ({"n_boot": 5, "ci": 1.0}, ValueError, "ci"),
+        ({"n_boot": 5, "ci": 0}, ValueError, "ci"),
+        ({"n_boot": 5, "library_key": "donor"}, KeyError, "sample column 'donor'"),
+        ({"top_n": 0}, ValueError, "top_n"),
+    ],
+)
+def test_bad_input_names_the_problem(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        calculate_gene_ranks(make_adata(), **KW, **kwargs)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("unit", ["samples", "cells"])
+def test_bootstrap_equals_a_naive_loop(sparse, missing, unit, monkeypatch):
+    if unit == "cells":  # a small count-matrix block, so resamples come in several blocks
+        monkeypatch.setattr("interscale.evaluation._resample._BOOT_BLOCK_VALUES", 700)
+    adata = make_adata(seed=7, sparse=sparse, n_samples=8, cells_per_sample=12)
+    # cells of a sample scattered over the table, labels not in sorted order
+    adata = adata[np.random.default_rng(1).permutation(adata.n_obs)].copy()
+    adata.obs["sample"] = adata.obs["sample"].astype(str).map(lambda s: f"x{9 - int(s[1:])}")
+    y = dense(adata.layers["log1p_norm"])
+    sample_idx = adata.obs["sample"].str[1:].astype(int).to_numpy()
+    y[sample_idx < 8, 0] = 0.0  # gene 0 is constant in some resamples of samples
+    adata.layers["log1p_norm"] = sp.csr_matrix(y) if sparse else y
+    if missing:
+        p = np.array(adata.layers["_y_pred_global"])
+        p[::5, 2] = np.nan
+        adata.layers["_y_pred_global"] = p
+    if unit == "cells":
+        del adata.obs["sample"]
+    n_boot, seed = 40, 11
+    got = calculate_gene_ranks(adata, n_boot=n_boot, seed=seed, **KW)
+    assert got.attrs["bootstrap"]["unit"] == unit
+    labels = None if unit == "cells" else adata.obs["sample"].astype(str).to_numpy()
+    ref = naive_bootstrap(
+        y,
+        dense(adata.layers["_y_pred_local"]),
+        dense(adata.layers["_y_pred_global"]),
+        labels,
+        n_boot,
+        seed,
+    )
+    if unit == "samples":  # the undefined-R^2 path is exercised
+        assert 0 < ref["n_nan"][0] < n_boot
+    for col in BOOTSTRAP_COLUMNS:
+        if col.startswith("rank_difference"):
+            np.testing.assert_array_equal(got[col], ref[col], err_msg=col)
+        else:
+            np.testing.assert_allclose(got[col], ref[col], rtol=1e-9, atol=1e-12, err_msg=col)
+    # point estimates and the published columns are untouched, new columns at the end
+    plain = calculate_gene_ranks(adata, **KW)
+    assert list(got.columns) == RANK_COLUMNS + BOOTSTRAP_COLUMNS
+    pd.testing.assert_frame_equal(got[RANK_COLUMNS], plain, check_exact=True)
+
+
+def test_bootstrap_on_selected_cells_equals_the_subset_copy():
+    adata = make_adata(seed=3, n_samples=14, splits=("train", "val", "test"))
+    got = calculate_gene_ranks(adata, cells="val,test", n_boot=30, seed=5, **KW)
+    sub = adata[adata.obs["split"].isin(["val", "test"]).to_numpy()].copy()
+    expected = calculate_gene_ranks(sub, n_boot=30, seed=5, **KW)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got.attrs["bootstrap"] == expected.attrs["bootstrap"]
+    assert got.attrs["bootstrap"]["unit"] == "samples"
+    assert got.attrs["bootstrap"]["n_units"] == 9
+
+
+def test_resampling_unit_follows_the_number_of_scored_samples():
+    adata = make_adata(n_samples=8)
+    boot = calculate_gene_ranks(adata, n_boot=5, **KW).attrs["bootstrap"]
+    assert boot == {
+        "n_boot": 5,
+        "unit": "samples",
+        "n_units": 8,
+        "ci": 0.9,
+        "seed": 0,
+        "library_key": "sample",
+    }
+    # the test split holds 2 of the 8 samples: too few, cells are resampled
+    heldout = calculate_gene_ranks(adata, cells="test", n_boot=5, **KW).attrs["bootstrap"]
+    n_test = int((adata.obs["split"] == "test").sum())
+    assert heldout["unit"] == "cells" and heldout["n_units"] == n_test
+    # exactly 5 samples are enough
+    five = adata.obs["sample"].isin([f"s{i}" for i in range(5)]).to_numpy()
+    assert calculate_gene_ranks(adata, cells=five, n_boot=5, **KW).attrs["bootstrap"]["unit"] == (
+        "samples"
+    )
+    four = adata.obs["sample"].isin([f"s{i}" for i in range(4)]).to_numpy()
+    assert calculate_gene_ranks(adata, cells=four, n_boot=5, **KW).attrs["bootstrap"]["unit"] == (
+        "cells"
+    )
+    # the sample key recorded by the model setup wins over a 'sample' column ...
+    adata.obs["organoid"] = adata.obs["sample"].astype(str).str[:2].replace({"s7": "s6"})
+    adata.uns["interscale"]["sample_key"] = ["organoid"]
+    rec = calculate_gene_ranks(adata, n_boot=5, **KW).attrs["bootstrap"]
+    assert rec["library_key"] == "organoid" and rec["n_units"] == 7
+    # ... and an explicit library_key wins over both
+    adata.obs["pair"] = (adata.obs["sample"].cat.codes // 2).astype(str)
+    mine = calculate_gene_ranks(adata, n_boot=5, library_key="pair", **KW).attrs["bootstrap"]
+    assert mine["unit"] == "cells" and mine["library_key"] is None  # 4 pairs: too few
+    # no sample column at all: cells
+    del adata.obs["sample"]
+    del adata.uns["interscale"]["sample_key"]
+    assert calculate_gene_ranks(adata, n_boot=5, **KW).attrs["bootstrap"]["unit"] == "cells"
+
+
+def test_bootstrap_is_deterministic_by_seed():
+    adata = make_adata(seed=1)
+    a = calculate_gene_ranks(adata, n_boot=25, seed=3, **KW)
+    b = calculate_gene_ranks(adata, n_boot=25, seed=3, **KW)
+    c = calculate_gene_ranks(adata, n_boot=25, seed=4, **KW)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert not np.array_equal(a[BOOTSTRAP_COLUMNS].to_numpy(), c[BOOTSTRAP_COLUMNS].to_numpy())
+    assert c.attrs["bootstrap"]["seed"] == 4
+    # a wider ci gives intervals at least as wide
+    wide = calculate_gene_ranks(adata, n_boot=25, seed=3, ci=0.99, **KW)
+    assert (wide["r2_local_lo"] <= a["r2_local_lo"]).all()
+    assert (wide["r2_local_hi"] >= a["r2_local_hi"]).all()
+    assert (
+        (wide["r2_local_hi"] - wide["r2_local_lo"]) > (a["r2_local_hi"] - a["r2_local_lo"])
+    ).any()
+
+
+@HYP
+@given(
+    seed=st.integers(0, 10_000),
+    n_samples=st.integers(2, 9),
+    n_boot=st.integers(1, 30),
+    ci=st.floats(0.05, 0.99),
+)
+def test_intervals_are_ordered(seed, n_samples, n_boot, ci):
+    adata = make_adata(seed=seed, n_samples=n_samples, cells_per_sample=6, n_vars=7)
+    df = calculate_gene_ranks(adata, n_boot=n_boot, seed=seed, ci=ci, **KW)
+    for name in ("r2_local", "r2_global", "rank_difference"):
+        lo, hi = df[f"{name}_lo"].to_numpy(), df[f"{name}_hi"].to_numpy()
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        assert (np.isnan(lo) == np.isnan(hi)).all()
+        assert (lo[ok] <= hi[ok]).all()
+    diff = df[["rank_difference_lo", "rank_difference_hi"]].to_numpy()
+    assert np.all(np.abs(diff) <= adata.n_vars - 1)
+
+
+@HYP
+@given(seed=st.integers(0, 10_000), n_samples=st.integers(5, 9), n_boot=st.integers(1, 20))
+def test_resampling_identical_samples_gives_zero_width_intervals(seed, n_samples, n_boot):
+    one = make_adata(seed=seed, n_samples=1, cells_per_sample=15, n_vars=6, splits=("val",))
+    adata = ad.concat([one] * n_samples, index_unique="-")
+    adata.obs["sample"] = np.repeat([f"s{i}" for i in range(n_samples)], one.n_obs)
+    adata.uns["interscale"] = {"layer_key": "log1p_norm"}
+    df = calculate_gene_ranks(adata, n_boot=n_boot, seed=seed, **KW)
+    assert df.attrs["bootstrap"]["unit"] == "samples"
+    # every resample is n_samples copies of the one sample: the same R^2 as the point estimate
+    for head in ("local", "global"):
+        np.testing.assert_allclose(df[f"r2_{head}_lo"], df[f"r2_{head}"], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(df[f"r2_{head}_hi"], df[f"r2_{head}"], rtol=1e-9, atol=1e-9)
+    r2 = np.sort(df[["r2_local", "r2_global"]].to_numpy(), axis=0)
+    if np.min(np.diff(r2, axis=0)) > 1e-7:  # ranks cannot flip through rounding
+        np.testing.assert_array_equal(df["rank_difference_lo"], df["Rank Difference"])
+        np.testing.assert_array_equal(df["rank_difference_hi"], df["Rank Difference"])
+
+
+def test_bootstrap_separates_a_clearly_better_head():
+    rng = np.random.default_rng(0)
+    n, g = 8000, 40
+    x = rng.normal(size=(n, g))
+    adata = ad.AnnData(X=np.zeros((n, g), dtype=np.float32))
+    adata.layers["log1p_norm"] = x
+    adata.layers["_y_pred_local"] = x + rng.normal(size=(n, g))
+    adata.layers["_y_pred_global"] = x + 2 * rng.normal(size=(n, g))
+    adata.obs["sample"] = rng.integers(0, 12, n).astype(str)
+    adata.uns["interscale"] = {"layer_key": "log1p_norm"}
+    df = calculate_gene_ranks(adata, n_boot=50, **KW)
+    assert df.attrs["bootstrap"]["unit"] == "samples"
+    # R^2 about 0 (local) vs -3 (global) on every gene: the intervals do not overlap
+    assert (df["r2_local_lo"] > df["r2_global_hi"]).all()
+    width = df["r2_local_hi"] - df["r2_local_lo"]
+    assert ((width > 0) & (width < 0.2)).all()  # sd of R^2 at 8,000 cells is about 0.03
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def claim_table(boot: bool = False) -> pd.DataFrame:
+    df = pd.DataFrame(
+        {
+            "gene": ["a", "b", "c", "d", "e", "f", "g", "h"],
+            "Rank Difference": [5.0, 3.0, 7.0, 3.0, -4.0, -6.0, -1.0, 0.0],
+            "r2_local": [0.30, 0.20, 0.005, 0.40, 0.1, 0.2, 0.3, 0.5],
+            "r2_global": [0.10, 0.10, 0.10, 0.10, 0.30, -0.2, 0.02, 0.5],
+        }
+    )
+    if boot:
+        df["r2_local_lo"] = [0.2, -0.05, 0.001, 0.3, 0.0, 0.1, 0.2, 0.4]
+        df["r2_global_lo"] = [0.0, 0.0, 0.0, 0.0, 0.2, -0.3, 0.01, 0.4]
+        df["rank_difference_lo"] = [1.0, 0.5, 2.0, -1.0, -7.0, -9.0, -3.0, -1.0]
+        df["rank_difference_hi"] = [8.0, 5.0, 9.0, 6.0, -1.0, 1.0, -0.5, 1.0]
+    return df
+
+
+def test_driven_genes_without_intervals():
+    df = claim_table()
+    # c has the largest gap but r2_local 0.005: below the mean-predictor floor
+    assert driven_genes(df, which="local") == ["a", "b", "d"]  # b before d: table order
+    assert driven_genes(df, which="local", n=2) == ["a", "b"]
+    assert driven_genes(df, which="local", n=0) == []
+    assert driven_genes(df, which="local", margin=0.25) == ["a", "d"]
+    assert driven_genes(df, which="local", margin=0.0) == ["c", "a", "b", "d"]
+    # f has the strongest global side but r2_global < 0; h (difference 0) is on no side
+    assert driven_genes(df, which="global") == ["e", "g"]
+    nan = df.assign(r2_local=[np.nan] + list(df["r2_local"][1:]))
+    assert "a" not in driven_genes(nan, which="local")
+
+
+def test_driven_genes_with_intervals():
+    df = claim_table(boot=True)
+    # b: r2_local_lo < 0; c: r2 point below the margin but its interval is above 0 (the
+    # interval replaces the margin); d: difference interval crosses 0
+    assert driven_genes(df, which="local") == ["c", "a"]
+    assert driven_genes(df, which="local", require_interval=False) == ["c", "a", "d"]
+    # e: claimed; f: interval crosses 0 and r2_global_lo < 0; g: claimed
+    assert driven_genes(df, which="global") == ["e", "g"]
+    assert driven_genes(df.assign(rank_difference_hi=1.0), which="global") == []
+    assert driven_genes(
+        df.assign(rank_difference_hi=1.0), which="global", require_interval=False
+    ) == [
+        "e",
+        "g",
+    ]
+
+
+def test_driven_genes_bad_input():
+    df = claim_table()
+    with pytest.raises(ValueError, match="which"):
+        driven_genes(df, which="both")
+    with pytest.raises(ValueError, match="n must be"):
+        driven_genes(df, n=-1)
+    with pytest.raises(ValueError, match="margin"):
+        driven_genes(df, margin=float("nan"))
+    with pytest.raises(KeyError, match="r2_global"):
+        driven_genes(df.drop(columns="r2_global"), which="global")
+
+
+def test_printout_names_scored_cells_and_dropped_genes(capsys):
+    adata = make_adata(seed=5, n_vars=10)
+    y = dense(adata.layers["log1p_norm"])
+    rng = np.random.default_rng(0)
+    # g0: the local head is useless (R^2 < 0) but still ranks above the global head, which
+    # is worse on it than on any other gene; g1-g4 the local head nails
+    local_noise = np.array([5.0] + [0.05] * 4 + [20.0] * 5)
+    global_noise = np.array([50.0] + [1.0] * 9)
+    adata.layers["_y_pred_local"] = y + local_noise * rng.normal(size=y.shape)
+    adata.layers["_y_pred_global"] = y + global_noise * rng.normal(size=y.shape)
+    df = calculate_gene_ranks(adata, cells=["val", "test"], top_n=3, **KW)
+    out = capsys.readouterr().out
+    n_heldout = int(adata.obs["split"].isin(["val", "test"]).sum())
+    assert f"Scored cells: val,test ({n_heldout} of {adata.n_obs} cells)" in out
+    local_block = out.split("Local-Driven")[1].split("Global-Driven")[0]
+    claimed = driven_genes(df, which="local", n=3)
+    assert claimed and all(g in local_block for g in claimed)
+    assert df.loc[0, "r2_local"] < 0.01 and df.loc[0, "Rank Difference"] > 0
+    assert " g0 " not in local_block
+    n_side = int((df["Rank Difference"] > 0).sum())
+    n_claimed = len(driven_genes(df, which="local"))
+    assert (
+        f"Of the {n_side} genes with Rank Difference > 0, {n_claimed} are claimed and "
+        f"{n_side - n_claimed} dropped" in local_block
+    )
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def test_plot_highlights_claimed_genes_and_draws_intervals():
+    adata = make_adata(seed=9, n_samples=10, n_vars=15)
+    df = calculate_gene_ranks(adata, n_boot=30, **KW)
+    ax = interscale.pl.gene_ranks(df, top_n=4)
+    local_color = matplotlib.colors.to_rgba("#EE9B00")
+    named_local = [
+        t.get_text()
+        for t in ax.texts
+        if isinstance(t, matplotlib.text.Annotation)
+        and matplotlib.colors.to_rgba(t.get_color()) == local_color
+    ]
+    assert named_local and named_local == driven_genes(df, which="local", n=4)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("Claimed local-driven") for t in legend)
+    assert "90% bootstrap interval of Rank Difference (crosses y = x: includes 0)" in legend
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    grey = bars[0].get_segments()
+    assert len(grey) == len(df)
+    ends = np.array(grey)  # genes x 2 x (x, y): perpendicular to y = x through the point
+    np.testing.assert_allclose(ends[:, 0, 0] - ends[:, 0, 1], df["rank_difference_lo"])
+    np.testing.assert_allclose(ends[:, 1, 0] - ends[:, 1, 1], df["rank_difference_hi"])
+    np.testing.assert_allclose(ends[:, :, 0].sum(1) + ends[:, :, 1].sum(1), 4 * df["Avg Rank"])
+    # show_all highlights the largest gaps whether claimed or not
+    ax2 = interscale.pl.gene_ranks(df, top_n=4, show_all=True, intervals="none")
+    named = {
+        t.get_text()
+        for t in ax2.texts
+        if isinstance(t, matplotlib.text.Annotation)
+        and matplotlib.colors.to_rgba(t.get_color()) == local_color
+    }
+    assert named == set(df.nlargest(4, "Rank Difference")["gene"])
+    assert not [c for c in ax2.collections if isinstance(c, LineCollection)]
+    with pytest.raises(ValueError, match="intervals"):
+        interscale.pl.gene_ranks(df, intervals="some")
+
+
+def test_plot_without_claimable_genes_says_so():
+    df = claim_table()
+    df["r2_local"] = -0.5
+    df["r2_global"] = -0.5
+    df["Local Rank"] = rankdata(df["Rank Difference"])
+    df["Global Rank"] = df["Local Rank"] - df["Rank Difference"]
+    df["Avg Rank"] = (df["Local Rank"] + df["Global Rank"]) / 2
+    ax = interscale.pl.gene_ranks(df, top_n=3)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Claimed local-driven: none" in legend and "Claimed global-driven: none" in legend
+    colors = {matplotlib.colors.to_rgba(c) for c in ("#EE9B00", "#005F73")}
+    named = [
+        t
+        for t in ax.texts
+        if isinstance(t, matplotlib.text.Annotation)
+        and matplotlib.colors.to_rgba(t.get_color()) in colors
+    ]
+    assert named == []
+
+
+# ----------------------------------------------------------------------------- held-out R^2, job
+
+
+def test_heldout_r2_moved_and_reexported():
+    from interscale import cli
+
+    assert cli.heldout_r2 is heldout_r2
+    adata = make_adata(seed=6)
+    got = heldout_r2(adata, "_y_pred_local", "log1p_norm")
+    y, p = dense(adata.layers["log1p_norm"]), dense(adata.layers["_y_pred_local"])
+    assert list(got) == ["test", "train", "val"]
+    for split, value in got.items():
+        rows = (adata.obs["split"] == split).to_numpy()
+        assert value == pytest.approx(np.nanmean(naive_r2(y[rows], p[rows])), rel=1e-9)
+    with pytest.raises(KeyError, match="fold"):
+        heldout_r2(adata, "_y_pred_local", "log1p_norm", split_key="fold")
+
+
+def test_job_auroc_is_heldout_and_never_silently_dropped(monkeypatch, capsys):
+    adata = make_adata(seed=8)
+    adata.var["program"] = ["local"] * 6 + ["global"] * 6
+    out = _heldout_auroc(adata, "split")
+    n_heldout = int(adata.obs["split"].isin(["val", "test"]).sum())
+    assert out["gene_ranks_cells"] == "val,test" and out["gene_ranks_n_cells"] == n_heldout
+    ranks = calculate_gene_ranks(adata, cells="val,test", **KW)
+    from interscale.evaluation import auroc_rank_difference
+
+    assert out["auroc_local_vs_global_genes"] == auroc_rank_difference(ranks, adata.var["program"])
+    assert "auroc_reason" not in out
+
+    # no test split: scored on val alone
+    no_test = adata.copy()
+    no_test.obs["split"] = no_test.obs["split"].astype(str).replace("test", "train")
+    assert _heldout_auroc(no_test, "split")["gene_ranks_cells"] == "val"
+
+    one_class = adata.copy()
+    one_class.var["program"] = "local"
+    res = _heldout_auroc(one_class, "split")
+    assert res["auroc_local_vs_global_genes"] is None
+    assert "both classes" in res["auroc_reason"]
+
+    bare = adata.copy()
+    del bare.var["program"]
+    res = _heldout_auroc(bare, "split")
+    assert res["auroc_local_vs_global_genes"] is None
+    assert res["auroc_reason"] == "no var['program'] column: data without planted programs"
+
+    monkeypatch.setitem(sys.modules, "interscale.evaluation", None)
+    res = _heldout_auroc(adata, "split")
+    assert res["auroc_local_vs_global_genes"] is None
+    assert res["auroc_reason"].startswith("interscale.evaluation could not be imported")
+    monkeypatch.undo()
+
+    report = {
+        "data": "x",
+        "n_cells": 1,
+        "n_genes": 1,
+        "epochs_run": 1,
+        "best_epoch": 0,
+        "seconds_per_epoch": 0.1,
+        "inference_seconds": 0.1,
+        "heldout_r2_local": {"val": 0.1},
+        "heldout_r2_global": {"val": 0.1},
+        "total_seconds": 1.0,
+        **_heldout_auroc(bare, "split"),
+    }
+    _print_report(report)
+    printed = capsys.readouterr().out
+    assert "AUROC not computed: no var['program'] column" in printed
+    assert f"gene ranks scored on val,test ({n_heldout} cells)" in printed
