@@ -90,7 +90,7 @@ def heldout_program_metrics(
     )
     per_program = table.groupby(program).mean()
     metrics: dict[str, float] = {
-        "heldout_auroc": float(auroc_rank_difference(ranks, program)),
+        "heldout_auroc": float(auroc_rank_difference(ranks, adata.var["program"].astype(str))),
     }
     for prog, row in per_program.iterrows():
         for col, value in row.items():
