@@ -9,6 +9,7 @@ import socket
 from importlib import resources
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -188,13 +189,12 @@ def test_planted_real_go_term_is_found_first_and_matches_scipy(go_sets, go_genes
 
 
 def test_background_from_anndata_and_case_insensitive_matching(go_sets):
-    anndata = pytest.importorskip("anndata")
     shh = go_sets["smoothened signaling pathway (GO:0007224)"]
     others = go_sets["cilium assembly (GO:0060271)"] + go_sets["neuron migration (GO:0001764)"]
     panel = list(dict.fromkeys(shh[:40] + others))
     # A mouse-style panel spelling: matched case-insensitively against human symbols.
     var_names = [g.capitalize() for g in panel]
-    adata = anndata.AnnData(
+    adata = ad.AnnData(
         X=np.zeros((3, len(var_names)), dtype=np.float32),
         var=pd.DataFrame(index=var_names),
     )

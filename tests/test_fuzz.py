@@ -1,8 +1,10 @@
 """Property-based fuzzing of the graph builder and the evaluation functions on random AnnData.
 
 Invariants: no exception other than the documented ones (ValueError naming the embedding when
-fewer finite rows than needed), results finite where inputs are finite, the radius graph equals a
-brute-force one, and the input AnnData is never modified by a read-only call.
+fewer finite rows than needed, or the filters when no gene passes), results finite where inputs are
+finite, the radius graph equals a brute-force one, R^2, ranks, latent rank, dimension importance
+and normalised totals equal computations independent of the code (scikit-learn, brute force, the
+construction of the data), and the input AnnData is never modified by a read-only call.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
+from sklearn.metrics import r2_score
 
 import interscale as isc
 from interscale.evaluation import (
@@ -121,17 +124,46 @@ def test_spatial_graph_matches_brute_force(adata, radius, k):
     assert (samples[kcoo.row] == samples[kcoo.col]).all()
 
 
+def _dense(x) -> np.ndarray:
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+def _check_qc_then_normalize(adata: ad.AnnData, remove: bool) -> None:
+    counts = _dense(adata.layers["raw"])
+    n_before = adata.n_obs
+    n_zero = int((counts.sum(axis=1) == 0).sum())
+    summary = isc.pp.qc(adata, remove=remove)
+    assert summary["n_zero_count"] == n_zero
+    assert summary["n_obs_after"] == adata.n_obs == (n_before - n_zero if remove else n_before)
+    isc.pp.normalize(adata, key_added="log1p_norm")
+    out = _dense(adata.layers["log1p_norm"])
+    assert out.shape == adata.shape
+    assert out.dtype == np.float32 and np.isfinite(out).all() and (out >= 0).all()
+    # independent of the code: undoing log1p gives totals of 1e4, or all zeros for empty cells
+    totals = np.expm1(out.astype(np.float64)).sum(axis=1)
+    kept = _dense(adata.layers["raw"]).sum(axis=1) > 0
+    np.testing.assert_allclose(totals[kept], 1e4, rtol=1e-4)
+    assert (out[~kept] == 0).all()
+
+
 @_SETTINGS
 @given(adata=spatial_anndata(), data=st.data())
 def test_normalize_and_qc_never_produce_non_finite_values(adata, data):
-    summary = isc.pp.qc(adata, remove=data.draw(st.booleans()))
-    assert summary["n_obs_after"] == adata.n_obs
-    if adata.n_obs == 0:
-        return
-    isc.pp.normalize(adata, key_added="log1p_norm")
-    out = adata.layers["log1p_norm"]
-    out = out.toarray() if sp.issparse(out) else out
-    assert out.dtype == np.float32 and np.isfinite(out).all() and (out >= 0).all()
+    _check_qc_then_normalize(adata, remove=data.draw(st.booleans()))
+
+
+@pytest.mark.parametrize("remove", [True, False])
+@pytest.mark.parametrize("sparse_format", ["dense", "csr"])
+def test_qc_and_normalize_on_all_zero_counts(remove, sparse_format):
+    """qc removing every cell, then normalize on 0 cells: pinned here, not left to the draws."""
+    counts = np.zeros((5, 3), dtype=np.float32)
+    layer = sp.csr_matrix(counts) if sparse_format == "csr" else counts
+    adata = ad.AnnData(X=layer, var=pd.DataFrame(index=["g0", "g1", "g2"]))
+    adata.obs_names = [f"c{i}" for i in range(5)]
+    adata.layers["raw"] = layer
+    adata.obsm["spatial"] = np.arange(10.0).reshape(5, 2)
+    _check_qc_then_normalize(adata, remove=remove)
+    assert adata.n_obs == (0 if remove else 5)
 
 
 def _random_outputs(adata: ad.AnnData, rng: np.random.Generator, n_embed: int, nan_rows: int):
@@ -167,48 +199,80 @@ def test_evaluation_functions_are_finite_or_fail_clearly(adata, seed, n_embed, n
     assert len(table) == adata.n_vars
     ranks = table[["Local Rank", "Global Rank", "Rank Difference", "Avg Rank"]].to_numpy()
     assert np.isfinite(ranks).all()
-    np.testing.assert_allclose(
-        np.sort(table["Local Rank"]).sum(), adata.n_vars * (adata.n_vars + 1) / 2
+    y = adata.layers["truth"].astype(np.float64)
+    for head in ("local", "global"):
+        r2 = table[f"r2_{head}"].to_numpy()
+        if adata.n_obs >= 2:  # the truth is continuous: never constant over two cells
+            pred = adata.layers[f"pred_{head}"].astype(np.float64)
+            expected = r2_score(y, pred, multioutput="raw_values")
+            np.testing.assert_allclose(r2, expected, rtol=1e-9, atol=1e-9)
+        else:  # documented: R^2 is NaN with fewer than two cells
+            assert np.isnan(r2).all()
+        # brute-force average rank: 1 + #worse + (#ties - 1) / 2, NaN ranked below everything
+        key = np.where(np.isnan(r2), -np.inf, r2)
+        brute = (
+            1
+            + (key[None, :] < key[:, None]).sum(1)
+            + ((key[None, :] == key[:, None]).sum(1) - 1) / 2
+        )
+        np.testing.assert_array_equal(table[f"{head.capitalize()} Rank"], brute)
+    np.testing.assert_array_equal(
+        table["Rank Difference"], table["Local Rank"] - table["Global Rank"]
     )
-    if adata.n_obs >= 2:
-        r2 = table["r2_local"].to_numpy()
-        y, p = adata.layers["truth"], adata.layers["pred_local"]
-        expected = 1 - ((y - p) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
-        np.testing.assert_allclose(r2, expected, rtol=1e-4, atol=1e-4)
 
     if n_finite < 1:
         with pytest.raises(ValueError, match="'z'"):
             latent_rank_report(adata, z_key="z")
     else:
         report = latent_rank_report(adata, z_key="z")
-        assert 0 <= report["rank"] <= n_embed
-        z = adata.obsm["z"][nan_rows:]
-        if n_finite >= 3 and n_embed >= 1:
-            zc = z - z.mean(0)
-            expected_rank = (
-                np.linalg.matrix_rank(zc, tol=1e-7 * np.linalg.svd(zc, compute_uv=False).max())
-                if np.abs(zc).max() > 0
-                else 0
-            )
-            assert report["rank"] == expected_rank
+        # by construction: Gaussian columns, the last one a copy of the first when
+        # n_embed > 1 and n_obs > 2; centring n_finite rows leaves n_finite - 1 directions
+        n_distinct = n_embed - 1 if n_embed > 1 and adata.n_obs > 2 else n_embed
+        expected_rank = min(n_finite - 1, n_distinct)
+        assert report["rank"] == expected_rank
+        assert (report["n_obs"], report["n_dims"]) == (n_finite, n_embed)
+        assert report["linearly_independent"] == (expected_rank == n_embed)
 
     if n_finite < 3:
         with pytest.raises(ValueError, match="'z'"):
             calculate_dim_importance(adata, s_key="s", z_key="z")
     else:
+        s = adata.varm["s"]
+        z = adata.obsm["z"][nan_rows:]
+        corr = np.corrcoef(z, rowvar=False).reshape(n_embed, n_embed)
         for mode in ("full", "diag"):
             out = calculate_dim_importance(adata, s_key="s", z_key="z", mode=mode)
             assert np.isfinite(np.asarray(out["y_sorted"], dtype=float)).all()
             assert sorted(np.asarray(out["dim_sorted"]).tolist()) == list(range(n_embed))
+            # brute force: dim k's share sum_g sum_j S_gk S_gj C_kj (C = identity in diag mode)
+            c = corr if mode == "full" else np.eye(n_embed)
+            share = np.array(
+                [
+                    sum(
+                        s[g, k] * s[g, j] * c[k, j]
+                        for g in range(s.shape[0])
+                        for j in range(n_embed)
+                    )
+                    for k in range(n_embed)
+                ]
+            )
+            expected = share / share.sum() if share.sum() > 0 else np.zeros(n_embed)
+            np.testing.assert_allclose(
+                out["y_sorted"], expected[out["dim_sorted"]], rtol=1e-7, atol=1e-10
+            )
+            assert (np.diff(out["y_sorted"]) <= 0).all()
 
     dims = sorted(set(rng.integers(0, n_embed, size=2).tolist()))
-    try:
-        genes = get_genes_dim(adata, dims, s_key="s", z_key="z", X_layer="truth", min_frac=0.0)
-    except ValueError as err:  # documented: no gene passes the filters
-        assert "gene" in str(err)
+    if adata.n_obs < 2:  # the sd (ddof=1) of every gene is undefined: no gene passes
+        with pytest.raises(ValueError, match="no gene passed the filters"):
+            get_genes_dim(adata, dims, s_key="s", z_key="z", X_layer="truth", min_frac=0.0)
     else:
-        assert set(genes.index) <= set(adata.var_names) or len(genes) <= adata.n_vars
-        assert np.isfinite(genes.select_dtypes("number").to_numpy(dtype=float)).all()
+        genes = get_genes_dim(adata, dims, s_key="s", z_key="z", X_layer="truth", min_frac=0.0)
+        # every gene passes min_frac=0 and n_top=20 exceeds n_vars: all genes, signed loadings
+        assert sorted(genes.index) == sorted(adata.var_names)
+        assert list(genes.columns) == [str(d) for d in dims]
+        rows = adata.var_names.get_indexer(genes.index)
+        np.testing.assert_array_equal(genes.to_numpy(), adata.varm["s"][np.ix_(rows, dims)])
 
     for key, value in snapshot.items():
         np.testing.assert_array_equal(adata.obsm[key], value)
