@@ -28,6 +28,7 @@ seed = 0
 data_dir = "reproduce/_build/notebooks/data"
 out_dir = "reproduce/_build/notebooks/metrics"
 config_path = "config_files/synthetic_example.yaml"
+config_overrides = {}  # e.g. {"optim.lr": 0.005}: settings changed on top of config_path
 device = "cpu"
 legnini_csv = ""
 """
@@ -189,7 +190,7 @@ TRAINING = _nb(
             "import anndata as ad\n\n"
             "from interscale.cli import heldout_r2\n"
             "from interscale.config import load_config, with_overrides\n\n"
-            'cfg = with_overrides(load_config(config_path), {"optim.n_epochs": epochs})\n'
+            'cfg = with_overrides(load_config(config_path), {**config_overrides, "optim.n_epochs": epochs})\n'
             "isc.tl.set_full_reproducibility(cfg.optim.seed)\n"
             'adata = ad.read_h5ad(data_dir / "preprocessed.h5ad")\n'
             "isc.model.CombinedModel._setup_anndata(\n"
@@ -256,7 +257,7 @@ EVALUATION = _nb(
             "    latent_rank_report,\n"
             ")\n\n"
             'adata = ad.read_h5ad(data_dir / "trained.h5ad")\n'
-            'cfg = with_overrides(load_config(config_path), {"optim.n_epochs": epochs})\n'
+            'cfg = with_overrides(load_config(config_path), {**config_overrides, "optim.n_epochs": epochs})\n'
             'model = isc.model.CombinedModel.load(data_dir / "model", adata, cfg,\n'
             "                                     local_component=True, global_component=True)"
         ),
@@ -431,7 +432,7 @@ ATTENTION = _nb(
             "from interscale.config import load_config, with_overrides\n"
             "from interscale.evaluation import calculate_gene_ranks\n\n"
             'adata = ad.read_h5ad(data_dir / "trained.h5ad")\n'
-            'cfg = with_overrides(load_config(config_path), {"optim.n_epochs": epochs})\n'
+            'cfg = with_overrides(load_config(config_path), {**config_overrides, "optim.n_epochs": epochs})\n'
             'samples = list(adata.obs["sample"].cat.categories[:3])\n'
             'xy_all = adata.obsm["spatial"]'
         ),
