@@ -221,7 +221,8 @@ def test_synthetic_example_loads():
     assert d.name == "synthetic_organoids"
     assert d.h5ad_data is None  # "" -> built-in dataset
     assert cfg.optim.accelerator == "auto"
-    assert cfg.optim.n_epochs == 60 and cfg.optim.loss == "MSELoss"
+    assert cfg.optim.n_epochs == 150 and cfg.optim.patience == 20
+    assert cfg.optim.loss == "MSELoss"
     assert cfg.model.global_component.parameters.attention == "full"
     assert cfg.model.mask_token is True
     assert d.sample_key == ("sample",) and d.batch_size >= 1
