@@ -573,3 +573,13 @@ def test_storage_and_h5ad_round_trip(tmp_path):
         assert int(back.uns[key]["n_train_cells"]) == adata.uns[key]["n_train_cells"]
     for name, scores in adata.uns["lb_cv"]["cv_r2"].items():
         np.testing.assert_array_equal(back.uns["lb_cv"]["cv_r2"][name], scores)
+
+
+def test_view_is_refused_when_storing_and_accepted_otherwise():
+    adata = make_adata(seed=16)
+    view = adata[: adata.n_obs - 3]
+    with pytest.raises(ValueError, match="view"):
+        linear_baselines(view, alpha=1.0)
+    assert "linear_baselines" not in adata.varm and "linear_baselines" not in adata.uns
+    table = linear_baselines(view, alpha=1.0, key_added=None)
+    pd.testing.assert_frame_equal(table, linear_baselines(view.copy(), alpha=1.0, key_added=None))

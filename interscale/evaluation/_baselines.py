@@ -376,11 +376,17 @@ def linear_baselines(
         The layer, a column of ``adata.obs`` or the graph is missing.
     ValueError
         Too few training or held-out cells, graph edges between samples, non-finite values
-        in the layer, or a bad ``hops`` / ``alpha``.
+        in the layer, a bad ``hops`` / ``alpha``, a view of an AnnData with ``key_added`` set,
+        or (when choosing alpha) fewer than 2 training samples or no gene varying within them.
     TypeError
         ``hops`` or ``alpha`` has the wrong type.
     """
     what = "linear_baselines"
+    if adata.is_view and key_added is not None:
+        raise ValueError(
+            f"{what}: adata is a view; results cannot be stored in it. Pass adata.copy(), or "
+            "key_added=None to only return the table"
+        )
     hop_list = _check_hops(hops)
     grid = _check_alpha(alpha)
     if isinstance(heldout, str):
