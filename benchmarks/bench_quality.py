@@ -69,9 +69,11 @@ def _explain(model, adata) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.get_model_output(adata)
-    held = adata[adata.obs["split"].isin(HELDOUT).to_numpy()].copy()
     ranks = calculate_gene_ranks(
-        held, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global"
+        adata,
+        layers_local_pred="_y_pred_local",
+        layers_global_pred="_y_pred_global",
+        cells=list(HELDOUT),
     )
     program = adata.var["program"].astype(str).to_numpy()
     per_program = {

@@ -329,18 +329,15 @@ EVALUATION = _nb(
             "baselines = isc.tl.linear_baselines(adata, layer_key=layer,\n"
             "                                    library_key=cfg.dataset.sample_key[0],\n"
             "                                    split_key=split_key)\n"
-            'held = adata.obs[split_key].astype(str).isin(["val", "test"]).to_numpy()\n'
-            'df_held = calculate_gene_ranks(adata[held].copy(), layers_local_pred="_y_pred_local",\n'
-            '                               layers_global_pred="_y_pred_global", layer_true=layer)\n'
-            'print(f"scored on {int(held.sum())} held-out cells (val + test organoids)")\n'
+            "print(f\"heads scored on {df.attrs['n_cells']} held-out cells ({df.attrs['cells']})\")\n"
             "floor_metrics = {}\n"
             'if "program" in adata.var:\n'
             "    floor_metrics, per_program = heldout_program_metrics(\n"
             "        adata, layer=layer, split_key=split_key,\n"
-            "        library_key=cfg.dataset.sample_key[0], baselines=baselines)\n"
+            "        library_key=cfg.dataset.sample_key[0], baselines=baselines, ranks=df)\n"
             "    display(per_program.round(3))\n"
             '    print("held-out AUROC of Rank Difference:", floor_metrics["heldout_auroc"])\n'
-            "isc.pl.baselines(df_held, baselines, adata=adata)\n"
+            "isc.pl.baselines(df, baselines, adata=adata)\n"
             "plt.show()"
         ),
         md("## Standardised loadings and latent structure"),
@@ -543,9 +540,9 @@ ATTENTION = _nb(
             "    for split in r2:\n"
             '        metrics[f"r2_global_{split}_{scope}"] = r2[split]\n'
             '    if "program" in a.var:\n'
-            '        held = a.obs[cfg.dataset.split_key].astype(str).isin(["val", "test"]).to_numpy()\n'
-            '        ranks = calculate_gene_ranks(a[held].copy(), layers_local_pred="_y_pred_local",\n'
-            '                                     layers_global_pred="_y_pred_global", layer_true=layer)\n'
+            '        ranks = calculate_gene_ranks(a, layers_local_pred="_y_pred_local",\n'
+            '                                     layers_global_pred="_y_pred_global", layer_true=layer,\n'
+            '                                     cells=["val", "test"], split_key=cfg.dataset.split_key)\n'
             '        program = a.var["program"].astype(str).to_numpy()\n'
             '        for prog in ("local", "global"):\n'
             '            for head in ("local", "global"):\n'

@@ -29,6 +29,7 @@ def heldout_program_metrics(
     pred_local: str = "_y_pred_local",
     pred_global: str = "_y_pred_global",
     baselines: pd.DataFrame | None = None,
+    ranks: pd.DataFrame | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Per-program held-out R^2 of both heads and of the linear floors, AUROC and head gaps.
 
@@ -48,6 +49,9 @@ def heldout_program_metrics(
     baselines
         Output of :func:`interscale.tl.linear_baselines` for the same data and split; computed
         when None.
+    ranks
+        Output of :func:`interscale.evaluation.calculate_gene_ranks` scored on the ``heldout``
+        cells (e.g. with bootstrap intervals); computed when None.
 
     Returns
     -------
@@ -77,13 +81,15 @@ def heldout_program_metrics(
         baselines = isc.tl.linear_baselines(
             adata, layer_key=layer, library_key=library_key, split_key=split_key, key_added=None
         )
-    held = adata.obs[split_key].astype(str).isin(list(heldout)).to_numpy()
-    ranks = calculate_gene_ranks(
-        adata[held].copy(),
-        layers_local_pred=pred_local,
-        layers_global_pred=pred_global,
-        layer_true=layer,
-    )
+    if ranks is None:
+        ranks = calculate_gene_ranks(
+            adata,
+            layers_local_pred=pred_local,
+            layers_global_pred=pred_global,
+            layer_true=layer,
+            cells=list(heldout),
+            split_key=split_key,
+        )
     program = adata.var["program"].astype(str).to_numpy()
     table = baselines.assign(
         r2_local=ranks["r2_local"].to_numpy(), r2_global=ranks["r2_global"].to_numpy()
