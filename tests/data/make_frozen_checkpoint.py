@@ -1,0 +1,114 @@
+"""Write the frozen checkpoint fixture of tests/test_frozen.py (run from the repository root).
+
+The fixture pins two things: checkpoints of format version 1 must load in every later version,
+and a seeded CPU training run must keep giving bit-identical weights and outputs. It was written
+by interscale 0.1 before the model/train refactor; rerun this script only for a deliberate change
+of the numerics, and say so in the commit message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import interscale as isc
+from interscale.config import load_config, with_overrides
+from interscale.model import CombinedModel, GlobalModel, LocalModel
+
+HERE = Path(__file__).parent / "frozen_v1"
+
+OVERRIDES = {
+    "optim.n_epochs": 3,
+    "optim.seed": 5,
+    "optim.min_epochs": 0,
+    "optim.loss": "SmoothL1",
+    "optim.lr_warmup": 1,
+    "dataset.batch_size": 2,
+    "dataset.name": "frozen",
+    "dataset.pct_mask_nodes": 0.5,
+    "model.local_component.parameters.hidden_dim": 16,
+    "model.global_component.parameters.dim_feedforward": 16,
+    "model.decoder.hidden_dims": [16],
+}
+
+
+def frozen_adata():
+    """The fixture's data: 4 small organoids, normalised, with a radius graph."""
+    adata = isc.datasets.synthetic_organoids(n_samples=4, cells_per_sample=(50, 70), seed=3)
+    isc.pp.normalize(adata, key_added="log1p_norm")
+    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+    return adata
+
+
+def frozen_config():
+    return with_overrides(load_config(None), OVERRIDES)
+
+
+def setup(adata, cls=CombinedModel):
+    cls._setup_anndata(
+        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
+    )
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of every tensor of a state dict."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+OUTPUT_KEYS = {
+    "local_emb": ("obsm", "_local_emb"),
+    "global_emb": ("obsm", "_global_emb"),
+    "y_pred_local": ("layers", "_y_pred_local"),
+    "y_pred_global": ("layers", "_y_pred_global"),
+    "cls_attention": ("obs", "_cls_attention"),
+}
+
+
+def outputs(adata) -> dict[str, np.ndarray]:
+    out = {}
+    for name, (slot, key) in OUTPUT_KEYS.items():
+        out[name] = np.asarray(getattr(adata, slot)[key], dtype=np.float32)
+    attn = adata.obsp["_attn_matrix"].tocsr()
+    out["attn_indptr"], out["attn_indices"] = attn.indptr, attn.indices
+    out["attn_data"] = attn.data.astype(np.float32)
+    return out
+
+
+def main() -> int:
+    HERE.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for cls in (CombinedModel, LocalModel, GlobalModel):
+        adata = frozen_adata()
+        setup(adata, cls)
+        model = cls(adata, frozen_config())
+        model.train(progress_bar=False)
+        digests[cls.__name__] = state_digest(model.module)
+        if cls is CombinedModel:
+            for old in HERE.glob("*.pt"):
+                old.unlink()
+            model.save(HERE)
+            model.get_model_output(adata)
+            np.savez_compressed(HERE / "outputs.npz", **outputs(adata))
+    meta = {
+        "written_by": isc.__version__,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "state_sha256": digests,
+    }
+    (HERE / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(json.dumps(meta, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""A frozen checkpoint of format version 1 loads forever; seeded CPU training never drifts.
+
+The fixture in ``tests/data/frozen_v1`` was written by ``tests/data/make_frozen_checkpoint.py``
+before the model/train refactor. Bit-identity is asserted on the CPU kind that wrote it (the
+vectorised kernels differ between AVX2 and AVX512); on another CPU the same run must agree to
+float32 rounding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from interscale.model import CombinedModel, GlobalModel, LocalModel
+
+DATA = Path(__file__).parent / "data"
+FROZEN = DATA / "frozen_v1"
+META = json.loads((FROZEN / "meta.json").read_text())
+SAME_CPU = torch.backends.cpu.get_cpu_capability() == META["cpu_capability"]
+
+_spec = importlib.util.spec_from_file_location("make_frozen", DATA / "make_frozen_checkpoint.py")
+make_frozen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_frozen)
+
+
+def _assert_same(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert actual.shape == expected.shape, what
+    if SAME_CPU:
+        np.testing.assert_array_equal(actual, expected, err_msg=what)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5, err_msg=what)
+
+
+def test_frozen_checkpoint_loads_and_reproduces_its_outputs():
+    adata = make_frozen.frozen_adata()
+    make_frozen.setup(adata)
+    model = CombinedModel.load(FROZEN, adata, verbose=False)
+    assert model.is_trained_
+    model.get_model_output(adata)
+    expected = np.load(FROZEN / "outputs.npz")
+    for name, actual in make_frozen.outputs(adata).items():
+        _assert_same(actual, expected[name], name)
+
+
+@pytest.mark.parametrize("cls", [CombinedModel, LocalModel, GlobalModel], ids=lambda c: c.__name__)
+def test_seeded_training_gives_the_frozen_weights(cls):
+    adata = make_frozen.frozen_adata()
+    make_frozen.setup(adata, cls)
+    model = cls(adata, make_frozen.frozen_config())
+    model.train(progress_bar=False)
+    if SAME_CPU:
+        assert make_frozen.state_digest(model.module) == META["state_sha256"][cls.__name__]
+    if cls is CombinedModel:
+        stored = torch.load(next(FROZEN.glob("*.pt")), weights_only=True)["state_dict"]
+        trained = model.module.state_dict()
+        assert list(trained) == list(stored)
+        for key, tensor in stored.items():
+            _assert_same(trained[key].numpy(), tensor.numpy(), key)
