@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from interscale._anndata import read_setup
 from interscale._io import atomic_file, atomic_write_text
+from interscale.names import ACCELERATORS, STRATEGIES, Key
 
 # heldout_r2 is re-exported lazily from interscale.evaluation by __getattr__ below
 __all__ = ["main", "run_job", "heldout_r2"]  # noqa: F822
@@ -69,16 +71,11 @@ def _preprocess(adata, cfg) -> None:
 
     layer = cfg.dataset.layer_key
     if layer and layer not in adata.layers:
-        isc.pp.qc(adata)
+        isc.pp.qc(adata, spatial_key=cfg.dataset.spatial_neighbors_kwargs.spatial_key)
         isc.pp.normalize(adata, key_added=layer)
-    if "spatial_connectivities" not in adata.obsp:
-        kw = cfg.dataset.spatial_neighbors_kwargs
-        isc.pp.spatial_neighbors(
-            adata,
-            radius=kw.radius,
-            n_neighs=kw.n_neighs,
-            library_key=kw.library_key or cfg.dataset.sample_key[0],
-        )
+    if Key.obsp.spatial_connectivities() not in adata.obsp:
+        # the same function the model uses: radius/n_neighs, library_key and spatial_key
+        isc.pp.spatial_graph_from_config(adata, cfg)
 
 
 def _set_up_model(cfg, h5ad: str | None, n_samples: int | None):
@@ -140,8 +137,9 @@ def run_job(
     from interscale.evaluation import heldout_r2
 
     layer = cfg.dataset.layer_key
-    r2_local = heldout_r2(adata, "_y_pred_local", layer, cfg.dataset.split_key)
-    r2_global = heldout_r2(adata, "_y_pred_global", layer, cfg.dataset.split_key)
+    split_key = cfg.dataset.split_key
+    r2_local = heldout_r2(adata, Key.layers.y_pred("local"), layer, split_key)
+    r2_global = heldout_r2(adata, Key.layers.y_pred("global"), layer, split_key)
     report = {
         "data": source,
         "n_cells": int(adata.n_obs),
@@ -173,16 +171,15 @@ def _heldout_auroc(adata, split_key: str) -> dict:
     """
     out: dict = {"auroc_local_vs_global_genes": None}
     try:
-        from interscale.evaluation import calculate_gene_ranks
-        from interscale.evaluation._heldout import auroc_with_reason, report_cells
+        from interscale.evaluation import auroc_with_reason, calculate_gene_ranks, report_cells
     except ImportError as exc:
         out["auroc_reason"] = f"interscale.evaluation could not be imported: {exc}"
         return out
     try:
         ranks = calculate_gene_ranks(
             adata,
-            layers_local_pred="_y_pred_local",
-            layers_global_pred="_y_pred_global",
+            layers_local_pred=Key.layers.y_pred("local"),
+            layers_global_pred=Key.layers.y_pred("global"),
             cells=report_cells(adata, "val,test", split_key),
             split_key=split_key,
         )
@@ -230,7 +227,7 @@ def _is_main_process() -> bool:
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
-    from interscale.train._distributed import env_world
+    from interscale.train import env_world
 
     env = env_world()
     return env is None or env[0] == 0
@@ -246,7 +243,7 @@ def _cmd_train(args) -> int:
 
 def _train_and_save(args, main: bool) -> int:
     if args.strategy == "ddp":
-        from interscale.train._distributed import check_launch
+        from interscale.train import check_launch
 
         check_launch()  # before the data is loaded
     overrides = {"optim.n_epochs": args.epochs} if args.epochs else {}
@@ -274,8 +271,7 @@ def _cmd_output(args) -> int:
 
     cfg = _load_cfg(args.config, {}) if args.config else None
     adata = ad.read_h5ad(args.h5ad)
-    setup = adata.uns.get("interscale", {}).get("setup")
-    if setup is None:
+    if read_setup(adata) is None:
         raise SystemExit(f"{args.h5ad} is not set up; write it with `interscale train` first")
     model = isc.model.CombinedModel.load(args.checkpoint, adata, cfg)
     model.get_model_output(adata, masked=not args.unmasked)
@@ -339,10 +335,10 @@ def _parser() -> argparse.ArgumentParser:
         dest="n_samples",
         help="samples of the built-in synthetic data (when no h5ad is given)",
     )
-    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--accelerator", choices=list(ACCELERATORS))
     p.add_argument(
         "--strategy",
-        choices=["auto", "single", "ddp"],
+        choices=["auto", *STRATEGIES],
         default="auto",
         help="single process or DistributedDataParallel (auto: ddp under torchrun)",
     )
@@ -384,7 +380,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/job")
     p.add_argument("--epochs", type=int)
     p.add_argument("--n-samples", type=int, dest="n_samples")
-    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--accelerator", choices=list(ACCELERATORS))
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_job)
     return parser

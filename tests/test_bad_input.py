@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import organoids, setup_model_anndata, tiny_config
 
 import interscale as isc
 from interscale.cli import main as cli_main
@@ -82,10 +83,9 @@ def _fingerprint(adata: ad.AnnData) -> str:
     return h.hexdigest()
 
 
-def _raw(seed: int = 0, n_samples: int = 4, cells=(20, 30), n_genes: int = 10) -> ad.AnnData:
-    return isc.datasets.synthetic_organoids(
-        n_samples=n_samples, cells_per_sample=cells, n_genes=n_genes, seed=seed
-    )
+def _raw(n_samples: int = 4) -> ad.AnnData:
+    """Raw counts of this file's organoids: 20-30 cells per sample, 10 genes, seed 0."""
+    return organoids(n_samples, (20, 30), 0, n_genes=10, prepare=False)
 
 
 _BASE: dict[str, ad.AnnData] = {}
@@ -94,34 +94,13 @@ _BASE: dict[str, ad.AnnData] = {}
 def _prepared() -> ad.AnnData:
     """A small normalised AnnData with a radius graph (a fresh copy per call)."""
     if "prep" not in _BASE:
-        adata = _raw()
-        isc.pp.normalize(adata, key_added="log1p_norm")
-        isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
-        _BASE["prep"] = adata
+        _BASE["prep"] = organoids(4, (20, 30), 0, n_genes=10)
     return _BASE["prep"].copy()
 
 
 def _cfg(**overrides):
-    base = {
-        "optim.n_epochs": 1,
-        "optim.seed": 3,
-        "optim.min_epochs": 0,
-        "optim.lr_warmup": 1,
-        "dataset.batch_size": 2,
-        "dataset.name": "tiny",
-        # two held-out folds: keeps get_model_output cheap
-        "dataset.pct_mask_nodes": 0.5,
-        "model.local_component.parameters.hidden_dim": 16,
-        "model.global_component.parameters.dim_feedforward": 16,
-    }
-    base.update(overrides)
-    return with_overrides(load_config(None), base)
-
-
-def _setup(adata: ad.AnnData, layer_key: str | None = "log1p_norm", **kwargs) -> None:
-    CombinedModel._setup_anndata(
-        adata, layer_key=layer_key, sample_key_list=["sample"], view_registry=False, **kwargs
-    )
+    """One epoch, seed 3, width 16; two held-out folds keep get_model_output cheap."""
+    return tiny_config({"dataset.pct_mask_nodes": 0.5, **overrides}, seed=3)
 
 
 def _expect_failure(call: Callable, adata, exc: type[BaseException], match: str) -> None:
@@ -135,7 +114,7 @@ def _expect_failure(call: Callable, adata, exc: type[BaseException], match: str)
 def trained(tmp_path_factory):
     """A 1-epoch model, its AnnData with outputs and loadings, and a saved checkpoint."""
     adata = _prepared()
-    _setup(adata)
+    setup_model_anndata(adata)
     model = CombinedModel(adata, _cfg())
     model.train(progress_bar=False)
     model.get_model_output(adata)
@@ -403,16 +382,16 @@ def test_model_rejects_duplicated_genes_and_unset_adata():
     ]:
         nograph = _raw()
         isc.pp.normalize(nograph, key_added="log1p_norm")
-        _setup(nograph)
+        setup_model_anndata(nograph)
         nograph = mutate(nograph)
         _expect_failure(lambda a: CombinedModel(a, _cfg()), nograph, exc, "spatial")
     adata = _prepared()
-    _setup(adata)
+    setup_model_anndata(adata)
     _expect_failure(lambda a: CombinedModel(a, {"n_embed": 8}), adata, TypeError, "cfg")
 
 
 def _train_and_check(adata: ad.AnnData, layer_key: str | None = "log1p_norm", **cfg_overrides):
-    _setup(adata, layer_key=layer_key)
+    setup_model_anndata(adata, layer_key=layer_key)
     model = CombinedModel(adata, _cfg(**cfg_overrides))
     model.train(progress_bar=False)
     model.get_model_output(adata)
@@ -478,7 +457,7 @@ def test_non_categorical_sample_key_works():
     CombinedModel._setup_anndata(
         adata, layer_key="log1p_norm", sample_key_list=["sample_int"], view_registry=False
     )
-    assert adata.uns["interscale"]["n_samples"] == 4
+    assert adata.uns["interscale"]["setup"]["n_samples"] == 4
 
 
 # ----------------------------------------------------------------------------- model calls
@@ -572,7 +551,7 @@ def _load(path, adata, **kwargs):
 def test_load_rejects_bad_checkpoints(trained, tmp_path):
     model, _, good = trained
     adata = _prepared()
-    _setup(adata)
+    setup_model_anndata(adata)
     good_bytes = Path(good).read_bytes()
 
     def expect(path, exc, match, target=adata, **kwargs):
@@ -590,13 +569,13 @@ def test_load_rejects_bad_checkpoints(trained, tmp_path):
     expect(empty, ValueError, "empty.pt")
     # another gene panel
     other = _prepared()[:, :6].copy()
-    _setup(other)
+    setup_model_anndata(other)
     expect(good, ValueError, "genes", target=other)
     # another n_embed in the config given
     expect(good, ValueError, "n_embed", cfg=_cfg(**{"model.n_embed": 8}))
     # a checkpoint written with another n_embed, loaded with the config of this model
     adata8 = _prepared()
-    _setup(adata8)
+    setup_model_anndata(adata8)
     small = CombinedModel(adata8, _cfg(**{"model.n_embed": 8}))
     path8 = small.save(tmp_path / "n8")
     expect(path8, ValueError, "n_embed", cfg=model.cfg)

@@ -578,7 +578,7 @@ def test_storage_and_h5ad_round_trip(tmp_path):
 def test_view_is_refused_when_storing_and_accepted_otherwise():
     adata = make_adata(seed=16)
     view = adata[: adata.n_obs - 3]
-    with pytest.raises(ValueError, match="view"):
+    with pytest.raises(TypeError, match="view.*key_added=None"):
         linear_baselines(view, alpha=1.0)
     assert "linear_baselines" not in adata.varm and "linear_baselines" not in adata.uns
     table = linear_baselines(view, alpha=1.0, key_added=None)

@@ -10,9 +10,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import organoids, tiny_config
 
-import interscale as isc
-from interscale.config import load_config, with_overrides
 from interscale.graphs import GraphBatch
 from interscale.model import CombinedModel
 
@@ -34,29 +33,20 @@ def _exact_float32():
 
 
 def _adata(n_samples: int = 4, cells=(300, 500)):
-    adata = isc.datasets.synthetic_organoids(n_samples=n_samples, cells_per_sample=cells, seed=3)
-    isc.pp.normalize(adata, key_added="log1p_norm")
-    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
-    CombinedModel._setup_anndata(
-        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
-    )
-    return adata
+    """Organoids of seed 3, set up for CombinedModel (also used by the subprocess below)."""
+    return organoids(n_samples, cells, 3, setup=True)
 
 
 def _cfg(scope: str = "full", **overrides):
-    base = {
-        "optim.n_epochs": 2,
-        "optim.seed": 11,
-        "optim.min_epochs": 0,
-        "optim.lr_warmup": 1,
-        "optim.loss": "MSELoss",
-        "dataset.batch_size": 2,
+    """Two epochs, seed 11, MSE, no dropout, the default widths and dataset name."""
+    fixed = {
         "model.global_component.parameters.attention": scope,
         "model.global_component.parameters.dropout_global": 0.0,
         "model.local_component.parameters.dropout_local": 0.0,
     }
-    base.update(overrides)
-    return with_overrides(load_config(None), base)
+    return tiny_config(
+        {**fixed, **overrides}, n_epochs=2, seed=11, loss="MSELoss", name=None, width=None
+    )
 
 
 @pytest.mark.parametrize("scope", ["full", "neighbourhood", "long_range"])

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import organoids, tiny_config
 
-import interscale as isc
-from interscale.config import load_config, with_overrides
-from interscale.graphs import GraphBatch, iterate_batches
+from interscale.graphs import GraphBatch, batch_groups, iterate_batches
 from interscale.model import CombinedModel
 from interscale.train import STRATEGIES, TrainSettings, draw_mask, fit, resolve_strategy
+from interscale.train import _epoch as epoch_module
 from interscale.train import _trainer as trainer
 from interscale.train._distributed import env_world
+from interscale.train._state import STATE_FILE
 
 WORLD = 2
 EPOCHS = 2  # 5 train graphs, batch 4: batches of 4 and 1 -> 4 steps, rank 1 idle in every 2nd
@@ -26,38 +27,27 @@ _TIMEOUT_S = 300
 
 def _data():
     # 9 samples -> 5 train, 3 val, 1 test (see interscale.datasets split_counts)
-    adata = isc.datasets.synthetic_organoids(n_samples=9, cells_per_sample=(30, 50), seed=3)
-    isc.pp.normalize(adata, key_added="log1p_norm")
-    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
-    CombinedModel._setup_anndata(
-        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
-    )
-    return adata
+    return organoids(9, (30, 50), 3, setup=True)
 
 
 def _cfg(n_epochs: int = EPOCHS):
-    return with_overrides(
-        load_config(None),
+    return tiny_config(
         {
-            "optim.n_epochs": n_epochs,
-            "optim.seed": 11,
-            "optim.min_epochs": 0,
-            "optim.loss": "SmoothL1",
             # Adam turns the rounding noise of gradients that are zero in exact arithmetic (the
             # attention key bias: softmax ignores a shift shared by all keys) into steps of up to
             # lr; at lr 1e-3 that noise stays below the 1e-5 tolerance (one process run with 1
             # or 2 threads differs by 5e-6 there), at lr 1e-2 it reaches 2e-4.
             "optim.lr": 1e-3,
-            "optim.lr_warmup": 0,
             "optim.grad_clip": 1.0,
-            "dataset.batch_size": 4,
-            "dataset.name": "tiny",
-            "model.local_component.parameters.hidden_dim": 16,
             "model.local_component.parameters.dropout_local": 0.0,
-            "model.global_component.parameters.dim_feedforward": 16,
             "model.global_component.parameters.dropout_global": 0.0,
             "model.decoder.dropout_decoder": 0.0,
         },
+        n_epochs=n_epochs,
+        seed=11,
+        loss="SmoothL1",
+        lr_warmup=0,
+        batch_size=4,
     )
 
 
@@ -104,12 +94,12 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             torch.nn.utils.clip_grad_norm_ = real_clip
         result["grads"] = grads
         result["state"] = model.module.state_dict()
-        result["wrote_state"] = (ckpt / trainer._STATE_FILE).exists()
+        result["wrote_state"] = (ckpt / STATE_FILE).exists()
         result["group_kept"] = dist.is_initialized()  # a group we created is not destroyed
 
         # interrupted after the first epoch, then resumed from rank 0's state file
         interrupted = CombinedModel(adata, _cfg(3))
-        real_epoch = trainer._train_epoch_ddp
+        real_epoch = trainer.train_epoch
         calls = {"n": 0}
 
         def interrupting_epoch(*args, **kwargs):
@@ -118,14 +108,14 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 raise KeyboardInterrupt
             return real_epoch(*args, **kwargs)
 
-        trainer._train_epoch_ddp = interrupting_epoch
+        trainer.train_epoch = interrupting_epoch
         shared = out / "ckpt_resume"
         try:
             _train(interrupted, strategy="ddp", checkpoint_dir=shared)
         except KeyboardInterrupt:
             pass
         finally:
-            trainer._train_epoch_ddp = real_epoch
+            trainer.train_epoch = real_epoch
         resumed = CombinedModel(adata, _cfg(3))
         _train(resumed, strategy="ddp", checkpoint_dir=shared, resume=True)
         reference = CombinedModel(adata, _cfg(3))
@@ -281,22 +271,22 @@ def test_global_batches_follow_iterate_batches():
     mask_a, mask_b = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
     for _ in range(2):  # two epochs: the generators must advance identically
         batches = list(iterate_batches(graphs, 4, shuffle=True, generator=gen_a))
-        lists = list(trainer._global_batches(graphs, 4, shuffle=True, generator=gen_b))
+        lists = list(batch_groups(graphs, 4, shuffle=True, generator=gen_b))
         assert [b.names for b in batches] == [[g.name for g in gl] for gl in lists]
         for batch, graph_list in zip(batches, lists, strict=True):
             expected = draw_mask(batch.ptr, 0.3, mask_a)
-            got = trainer._draw_global_masks(graph_list, 0.3, mask_b)
+            got = epoch_module.batch_masks(graph_list, 0.3, mask_b)
             assert torch.equal(torch.cat(got), expected)
             assert [len(m) for m in got] == [g.n_cells for g in graph_list]
 
 
 def test_r2_statistics_survive_the_vector_round_trip():
     rng = np.random.default_rng(0)
-    acc = trainer._R2Accumulator()
+    acc = epoch_module.R2Accumulator()
     for _ in range(3):
         target = torch.as_tensor(rng.normal(size=(7, 4)), dtype=torch.float32)
         acc.add(target, {"local": target * 0.5, "global": target + 0.1})
-    back = trainer._R2Accumulator.from_vector(
+    back = epoch_module.R2Accumulator.from_vector(
         acc.to_vector(["local", "global"], 4),
         [
             "local",
@@ -305,7 +295,7 @@ def test_r2_statistics_survive_the_vector_round_trip():
         4,
     )
     assert back.r2() == acc.r2()
-    empty = trainer._R2Accumulator().to_vector(["local"], 4)
+    empty = epoch_module.R2Accumulator().to_vector(["local"], 4)
     assert empty.shape == (1 + 3 * 4,) and not empty.any()
 
 

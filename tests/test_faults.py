@@ -8,40 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import organoids, tiny_config
 
-import interscale as isc
 import interscale.model._base as base
+import interscale.model._inference as inference
 import interscale.train._trainer as trainer
-from interscale.config import load_config, with_overrides
 from interscale.model import CombinedModel
 
 
 def _adata(seed: int = 0):
-    adata = isc.datasets.synthetic_organoids(
-        n_samples=4, cells_per_sample=(20, 30), n_genes=10, seed=seed
-    )
-    isc.pp.normalize(adata, key_added="log1p_norm")
-    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
-    CombinedModel._setup_anndata(
-        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
-    )
-    return adata
+    """Four samples of 20-30 cells and 10 genes, set up for CombinedModel."""
+    return organoids(4, (20, 30), seed, n_genes=10, setup=True)
 
 
 def _cfg(**overrides):
-    base_cfg = {
-        "optim.n_epochs": 3,
-        "optim.seed": 11,
-        "optim.min_epochs": 0,
-        "optim.lr_warmup": 1,
-        "dataset.batch_size": 1,
-        "dataset.name": "tiny",
-        "dataset.pct_mask_nodes": 0.5,
-        "model.local_component.parameters.hidden_dim": 16,
-        "model.global_component.parameters.dim_feedforward": 16,
-    }
-    base_cfg.update(overrides)
-    return with_overrides(load_config(None), base_cfg)
+    """Three epochs, seed 11, batches of one, width 16, two held-out folds."""
+    return tiny_config(
+        {"dataset.pct_mask_nodes": 0.5, **overrides}, n_epochs=3, seed=11, batch_size=1
+    )
 
 
 def _listing(folder: Path) -> list[str]:
@@ -184,7 +168,7 @@ def _interrupt_and_resume(reference, tmp_path, monkeypatch, target: str, when: i
 
 def test_resume_after_interrupt_at_an_epoch_boundary(reference_run, tmp_path, monkeypatch):
     # right after the state of epoch 0 is written, before epoch 1 starts
-    _interrupt_and_resume(reference_run, tmp_path, monkeypatch, "_atomic_torch_save", when=1)
+    _interrupt_and_resume(reference_run, tmp_path, monkeypatch, "save_state", when=1)
 
 
 def test_resume_after_interrupt_before_the_state_is_written(reference_run, tmp_path, monkeypatch):
@@ -215,19 +199,20 @@ def test_get_model_output_refuses_outputs_larger_than_ram(monkeypatch):
     model = CombinedModel(adata, _cfg())
     keys = (set(adata.obsm), set(adata.layers), set(adata.obsp), set(adata.uns))
     # pretend the machine has 64 KiB of RAM: 100 cells x 10 genes need more than that
-    monkeypatch.setattr(base, "_physical_memory_bytes", lambda: 64 * 1024)
+    monkeypatch.setattr(inference, "physical_memory_bytes", lambda: 64 * 1024)
     with pytest.raises(MemoryError, match=r"GiB.*cells x 10 genes"):
         model.get_model_output(adata)
     assert (set(adata.obsm), set(adata.layers), set(adata.obsp), set(adata.uns)) == keys
-    monkeypatch.setattr(base, "_physical_memory_bytes", lambda: None)  # unknown: no check
-    model.get_model_output(adata)
+    monkeypatch.setattr(inference, "physical_memory_bytes", lambda: None)  # unknown: no check
+    with pytest.warns(UserWarning, match="never trained"):
+        model.get_model_output(adata)
     assert np.isfinite(adata.obsm["_global_emb"]).all()
 
 
 def test_memory_estimate_scales_with_cells_and_genes():
-    total = base._physical_memory_bytes()
+    total = inference.physical_memory_bytes()
     assert total is None or total > 0
-    base._check_output_memory(1000, 100, 16, 32)  # tiny: never refused
+    inference.check_output_memory(1000, 100, 16, 32)  # tiny: never refused
     if total is not None:
         with pytest.raises(MemoryError, match="GiB"):
-            base._check_output_memory(10**9, 10**5, 16, 32)
+            inference.check_output_memory(10**9, 10**5, 16, 32)

@@ -10,45 +10,22 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import organoids, setup_model_anndata, tiny_config
 
 import interscale as isc
 from interscale.config import load_config, with_overrides
 from interscale.model import CombinedModel, GlobalModel, LocalModel
 
 
-def _small_adata(seed: int = 0, n_samples: int = 5, cells=(120, 200)):
-    adata = isc.datasets.synthetic_organoids(n_samples=n_samples, cells_per_sample=cells, seed=seed)
-    isc.pp.normalize(adata, key_added="log1p_norm")
-    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
-    return adata
-
-
 def _cfg(**overrides):
-    base = {
-        "optim.n_epochs": 3,
-        "optim.seed": 7,
-        "optim.min_epochs": 0,
-        "optim.loss": "SmoothL1",
-        "optim.lr_warmup": 1,
-        "dataset.batch_size": 2,
-        "dataset.name": "tiny",
-        "model.local_component.parameters.hidden_dim": 32,
-        "model.global_component.parameters.dim_feedforward": 32,
-    }
-    base.update(overrides)
-    return with_overrides(load_config(None), base)
-
-
-def _setup(adata, cls=CombinedModel):
-    cls._setup_anndata(
-        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
-    )
+    """This file's training: 3 epochs, seed 7, SmoothL1, width 32 (dotted overrides win)."""
+    return tiny_config(overrides, n_epochs=3, seed=7, loss="SmoothL1", width=32)
 
 
 @pytest.fixture(scope="module")
 def trained():
-    adata = _small_adata()
-    _setup(adata)
+    adata = organoids()
+    setup_model_anndata(adata)
     model = CombinedModel(adata, _cfg())
     model.train(progress_bar=False)
     model.get_model_output(adata)
@@ -87,7 +64,7 @@ def test_outputs_follow_the_anndata_contract(trained):
 
 def test_obs_names_untouched_and_history(trained):
     model, adata = trained
-    fresh = _small_adata()
+    fresh = organoids()
     assert list(adata.obs_names) == list(fresh.obs_names)
     h = model.history_
     assert list(h["epoch"]) == [0, 1, 2]
@@ -139,8 +116,8 @@ def test_unmasked_reconstruction_differs(trained):
 def test_training_is_bit_identical_for_the_same_seed():
     outs = []
     for _ in range(2):
-        adata = _small_adata()
-        _setup(adata)
+        adata = organoids()
+        setup_model_anndata(adata)
         model = CombinedModel(adata, _cfg(**{"optim.n_epochs": 2}))
         model.train(progress_bar=False)
         model.get_model_output(adata)
@@ -234,8 +211,8 @@ def test_published_state_dicts_load(trained, tmp_path, style):
 def test_early_stopping_restores_the_best_epoch(monkeypatch):
     import interscale.train._trainer as trainer
 
-    adata = _small_adata()
-    _setup(adata)
+    adata = organoids()
+    setup_model_anndata(adata)
     model = CombinedModel(adata, _cfg(**{"optim.n_epochs": 8}))
     losses = iter([1.0, 0.5, 0.9, 0.95, 0.99, 1.2, 1.3, 1.4])
     snapshots = []
@@ -254,19 +231,19 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch):
 
 
 def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
-    import interscale.train._trainer as trainer
+    import interscale.train._epoch as epoch_module
 
     cfg = _cfg(**{"optim.n_epochs": 4})
-    adata = _small_adata()
-    _setup(adata)
+    adata = organoids()
+    setup_model_anndata(adata)
     reference = CombinedModel(adata, cfg)
     reference.train(progress_bar=False, early_stopping=False)
     ref_state = reference.module.state_dict()
 
-    adata2 = _small_adata()
-    _setup(adata2)
+    adata2 = organoids()
+    setup_model_anndata(adata2)
     model = CombinedModel(adata2, cfg)
-    real_draw = trainer.draw_mask
+    real_draw = epoch_module.draw_mask
     calls = {"n": 0}
 
     def interrupting_draw(*args, **kwargs):
@@ -275,10 +252,10 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_draw(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "draw_mask", interrupting_draw)
+    monkeypatch.setattr(epoch_module, "draw_mask", interrupting_draw)
     with pytest.raises(KeyboardInterrupt):
         model.train(progress_bar=False, early_stopping=False, checkpoint_dir=tmp_path)
-    monkeypatch.setattr(trainer, "draw_mask", real_draw)
+    monkeypatch.setattr(epoch_module, "draw_mask", real_draw)
     model2 = CombinedModel(adata2, cfg)
     model2.train(progress_bar=False, early_stopping=False, checkpoint_dir=tmp_path, resume=True)
     for key, value in ref_state.items():
@@ -287,7 +264,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
 
 
 def test_setup_errors_name_the_problem():
-    adata = _small_adata()
+    adata = organoids()
     before = adata.copy()
     with pytest.raises(KeyError, match="nope"):
         CombinedModel._setup_anndata(adata, layer_key="nope", sample_key_list=["sample"])
@@ -310,8 +287,8 @@ def test_setup_errors_name_the_problem():
 
 
 def test_samples_larger_than_max_seq_len_are_not_truncated():
-    adata = _small_adata(n_samples=3, cells=(300, 320))
-    _setup(adata)
+    adata = organoids(n_samples=3, cells=(300, 320))
+    setup_model_anndata(adata)
     cfg = _cfg(**{"model.global_component.parameters.max_seq_len": 100, "optim.n_epochs": 1})
     model = CombinedModel(adata, cfg)
     with pytest.warns(UserWarning, match="max_seq_len"):
@@ -321,8 +298,8 @@ def test_samples_larger_than_max_seq_len_are_not_truncated():
 
 
 def test_local_and_global_models_train_and_write_their_keys():
-    adata = _small_adata(n_samples=4)
-    _setup(adata, LocalModel)
+    adata = organoids(n_samples=4)
+    setup_model_anndata(adata, LocalModel)
     local = LocalModel(adata, _cfg(**{"optim.n_epochs": 1}))
     local.train(progress_bar=False)
     local.get_model_output(adata)
@@ -340,7 +317,7 @@ def _heldout_program_r2(overrides: dict) -> dict:
     isc.pp.qc(adata)
     isc.pp.normalize(adata, key_added="log1p_norm")
     isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
-    _setup(adata)
+    setup_model_anndata(adata)
     base = {
         "optim.seed": 7,
         "optim.min_epochs": 0,

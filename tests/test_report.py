@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import organoids, tiny_config
 
-import interscale as isc
 from interscale.cli import main
-from interscale.config import load_config, with_overrides
 from interscale.evaluation import calculate_gene_ranks, driven_genes, evaluate_to_folder
 from interscale.model import CombinedModel
 
@@ -21,25 +20,8 @@ def trained_files(tmp_path_factory):
 
     matplotlib.use("Agg")
     root = tmp_path_factory.mktemp("report")
-    adata = isc.datasets.synthetic_organoids(n_samples=5, cells_per_sample=(120, 200), seed=0)
-    isc.pp.normalize(adata, key_added="log1p_norm")
-    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
-    CombinedModel._setup_anndata(
-        adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
-    )
-    cfg = with_overrides(
-        load_config(None),
-        {
-            "optim.n_epochs": 2,
-            "optim.min_epochs": 0,
-            "optim.lr_warmup": 1,
-            "dataset.batch_size": 2,
-            "dataset.name": "tiny",
-            "model.local_component.parameters.hidden_dim": 32,
-            "model.global_component.parameters.dim_feedforward": 32,
-        },
-    )
-    model = CombinedModel(adata, cfg)
+    adata = organoids(5, (120, 200), 0, setup=True)
+    model = CombinedModel(adata, tiny_config(n_epochs=2, width=32))
     model.train(progress_bar=False)
     ckpt = model.save(root / "ckpt")
     model.get_model_output(adata)

@@ -6,6 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import organoids, setup_model_anndata, tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,28 +173,15 @@ def test_halo_survives_h5ad(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 def _tiled_organoids(halo):
-    adata = isc.datasets.synthetic_organoids(n_samples=3, cells_per_sample=(150, 190), seed=2)
-    isc.pp.normalize(adata, key_added="log1p_norm")
     # the spatial graph of whole samples: tiles with a halo keep their boundary edges
-    isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+    adata = organoids(3, (150, 190), 2)
     isc.pp.tile(adata, max_cells=50, halo=halo)
     return adata
 
 
 def _tile_cfg():
-    from interscale.config import load_config, with_overrides
-
-    return with_overrides(
-        load_config(None),
-        {
-            "optim.n_epochs": 1,
-            "optim.seed": 3,
-            "optim.lr_warmup": 0,
-            "dataset.batch_size": 4,
-            "model.local_component.parameters.hidden_dim": 16,
-            "model.global_component.parameters.dim_feedforward": 16,
-        },
-    )
+    """One epoch, seed 3, no warm-up, batches of 4, width 16; default min_epochs and name."""
+    return tiny_config(seed=3, lr_warmup=0, batch_size=4, min_epochs=None, name=None)
 
 
 def test_model_with_halo_trains_and_writes_every_cell_once():
@@ -201,13 +189,7 @@ def test_model_with_halo_trains_and_writes_every_cell_once():
 
     adata = _tiled_organoids(halo=250.0)
     assert adata.obsm["tile_halo"].nnz > 0
-    CombinedModel._setup_anndata(
-        adata,
-        layer_key="log1p_norm",
-        sample_key_list=["tile"],
-        halo_key="tile_halo",
-        view_registry=False,
-    )
+    setup_model_anndata(adata, sample_keys=["tile"], halo_key="tile_halo")
     assert adata.uns["interscale"]["setup"]["halo_key"] == "tile_halo"
     model = CombinedModel(adata, _tile_cfg())
     history = model.train(progress_bar=False)
@@ -230,12 +212,11 @@ def test_model_with_halo_trains_and_writes_every_cell_once():
 
     # same weights without the halo: same keys and shapes, but other predictions (context)
     plain = _tiled_organoids(halo=250.0)
-    CombinedModel._setup_anndata(
-        plain, layer_key="log1p_norm", sample_key_list=["tile"], view_registry=False
-    )
+    setup_model_anndata(plain, sample_keys=["tile"])
     other = CombinedModel(plain, _tile_cfg())
     other.module.load_state_dict(model.module.state_dict())
-    other.get_model_output(plain)
+    with pytest.warns(UserWarning, match="never trained"):
+        other.get_model_output(plain)
     for store in ("obsm", "layers", "obsp"):
         mine, theirs = getattr(adata, store), getattr(plain, store)
         for key in mine:

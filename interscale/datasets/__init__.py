@@ -3,15 +3,22 @@
 Gene-set files shipped with the package live in the ``gene_sets`` folder next to this module.
 """
 
-from interscale.datasets._gene_sets import gene_set_libraries, load_gene_sets
+from interscale.datasets._gene_sets import (
+    gene_set_libraries,
+    gene_set_release,
+    load_gene_sets,
+    read_gmt,
+)
 from interscale.datasets._legnini import default_cache_dir, legnini, read_transcripts
 from interscale.datasets._synthetic import synthetic_organoids
 
 __all__ = [
     "default_cache_dir",
     "gene_set_libraries",
+    "gene_set_release",
     "legnini",
     "load_gene_sets",
+    "read_gmt",
     "read_transcripts",
     "synthetic_organoids",
 ]

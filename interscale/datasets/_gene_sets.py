@@ -14,7 +14,7 @@ import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-__all__ = ["gene_set_libraries", "load_gene_sets"]
+__all__ = ["gene_set_libraries", "gene_set_release", "load_gene_sets", "read_gmt"]
 
 # Shipped files are named "<library>_<source release date>.gmt.gz".
 _FILE_PATTERN = re.compile(r"^(?P<library>.+)_(?P<version>\d{4}-\d{2}-\d{2})\.gmt\.gz$")
@@ -66,6 +66,32 @@ def _resolve_library(name: str) -> tuple[str, Traversable]:
             return versioned, entry
     available = ", ".join(sorted(shipped)) or "none"
     raise ValueError(f"unknown gene-set library {name!r}; shipped libraries: {available}")
+
+
+def gene_set_release(name: str) -> str:
+    """The versioned name of a shipped gene-set library: its name and source release date.
+
+    Parameters
+    ----------
+    name
+        Library name from :func:`gene_set_libraries` (e.g. ``"GO_Biological_Process"``), or
+        already the versioned name or the file name.
+
+    Returns
+    -------
+    str
+        ``"<library>_<YYYY-MM-DD>"`` of the newest shipped release, e.g.
+        ``"GO_Biological_Process_2022-07-01"``.
+
+    Raises
+    ------
+    ValueError
+        If no shipped library has this name; the message lists the shipped libraries.
+    TypeError
+        If ``name`` is not a string.
+    """
+    versioned, _ = _resolve_library(name)
+    return versioned
 
 
 def _parse_gmt(text: str, source: str) -> dict[str, list[str]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SPLIT_CATEGORIES = ["train", "val", "test"]
+from interscale.names import SPLITS
+
+SPLIT_CATEGORIES = list(SPLITS)
 
 
 def split_counts(n_samples: int) -> tuple[int, int, int]:

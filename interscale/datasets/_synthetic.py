@@ -8,128 +8,21 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from interscale.datasets._organoid_layout import (
+    _ROSETTE_SIZE,
+    _ROSETTE_SPACING,
+    _add_defects,
+    _organoid_section,
+    _sample_sizes,
+)
+from interscale.datasets._organoid_panel import (
+    _CELL_TYPES,
+    _MARKER_ROLES,
+    PROGRAMS,
+    _gene_table,
+)
 from interscale.datasets._split import SPLIT_CATEGORIES, assign_splits
 
-PROGRAMS = ["local", "global", "both", "none"]
-
-# (symbol, role). Order is priority: the first ``n_genes`` entries are used when fewer genes are
-# requested, so the genes the issue names come first and the sender markers right after them
-# (without a sender marker the contact program would be invisible to a model).
-_PANEL: list[tuple[str, str]] = [
-    ("SHH", "shh_up"),
-    ("GLI2", "noise"),
-    ("GLI3", "shh_down"),
-    ("PTCH1", "shh_up"),
-    ("NKX6.1", "shh_up"),
-    ("NKX2.2", "shh_up"),
-    ("OLIG2", "shh_up"),
-    ("PAX6", "shh_down"),
-    ("PAX7", "shh_down"),
-    ("IRX3", "shh_down"),
-    ("DBX2", "shh_down"),
-    ("FOXA2", "shh_up"),
-    ("NEUROD1", "neuron"),
-    ("NEUROG2", "both_up"),
-    ("SOX2", "progenitor"),
-    ("MAP2", "neuron"),
-    ("GAD1", "inhibitory"),
-    ("CHAT", "motor"),
-    ("ISL1", "motor"),
-    ("MNX1", "motor"),
-    ("FOS", "contact"),
-    ("JUNB", "contact"),
-    ("ARC", "contact"),
-    ("EGR1", "contact"),
-    ("NR4A1", "contact"),
-    ("PER2", "noise"),
-    ("VAMP2", "neuron"),
-    ("STMN2", "neuron"),
-    ("HES6", "both_up"),
-    ("HEY1", "notch"),
-    ("TUBB3", "neuron"),
-    ("DLL1", "sender"),
-    ("DLL3", "sender"),
-    ("ASCL1", "sender"),
-    ("GLI1", "shh_up"),
-    ("HHIP", "shh_up"),
-    ("PTCH2", "shh_up"),
-    ("NKX6.2", "shh_up"),
-    ("FOXA1", "shh_up"),
-    ("PAX3", "shh_down"),
-    ("MSX1", "shh_down"),
-    ("OLIG3", "shh_down"),
-    ("FOSB", "contact"),
-    ("EGR2", "contact"),
-    ("NPAS4", "contact"),
-    ("IER2", "contact"),
-    ("DUSP1", "contact"),
-    ("HES5", "notch"),
-    ("HES1", "both_up"),
-    ("DBX1", "both_down"),
-    ("SOX1", "progenitor"),
-    ("SOX3", "progenitor"),
-    ("NES", "progenitor"),
-    ("VIM", "progenitor"),
-    ("NOTCH1", "progenitor"),
-    ("MKI67", "cycling"),
-    ("TOP2A", "cycling"),
-    ("CDK1", "cycling"),
-    ("DCX", "neuron"),
-    ("ELAVL3", "neuron"),
-    ("ELAVL4", "neuron"),
-    ("SYP", "neuron"),
-    ("SNAP25", "neuron"),
-    ("RBFOX3", "neuron"),
-    ("GAP43", "neuron"),
-    ("NEFL", "neuron"),
-    ("NEFM", "neuron"),
-    ("INA", "neuron"),
-    ("GAD2", "inhibitory"),
-    ("SLC32A1", "inhibitory"),
-    ("SLC17A6", "excitatory"),
-    ("LHX1", "excitatory"),
-    ("POU4F1", "excitatory"),
-    ("LHX3", "motor"),
-    ("LHX4", "motor"),
-    ("PHOX2B", "motor"),
-    ("EN1", "contact_down"),
-    ("ARX", "contact_down"),
-    ("BMP4", "contact_down"),
-    ("WNT1", "contact_down"),
-    ("LMX1A", "contact_down"),
-    ("ATOH1", "contact_down"),
-    ("GATA2", "contact_down"),
-    ("GATA3", "contact_down"),
-    ("LHX2", "contact_down"),
-    ("EVX1", "contact_down"),
-    ("JAG1", "contact_down"),
-    ("TAL1", "contact_down"),
-]
-
-_ROLE_PROGRAM = {
-    "contact": "local",
-    "notch": "local",
-    "contact_down": "local",
-    "shh_up": "global",
-    "shh_down": "global",
-    "both_up": "both",
-    "both_down": "both",
-}
-# cell-intrinsic roles: the marker's own cell type (or subtype / state) decides its level
-_MARKER_ROLES = ("sender", "neuron", "progenitor", "cycling", "inhibitory", "excitatory", "motor")
-_CELL_TYPES = ["progenitor", "neuron", "sender"]
-_NEURON_SUBTYPES = ["inhibitory", "excitatory", "motor"]
-
-# Geometry: cells sit in small compact clusters (neural rosettes), 9-17 cells each, whose centres
-# lie on a jittered hexagonal lattice. Within a rosette, cells are about 80-100 apart, so a radius
-# of 200 gives about 10 +- 2.5 neighbours, as in the real data; between rosettes the gap is
-# mostly wider than 200, so a cell's 2-hop neighbourhood is about its own rosette (~13 cells)
-# and tissue-scale state can only be read from many rosettes.
-_ROSETTE_SPACING = 470.0  # distance between neighbouring rosette centres
-_ROSETTE_CELL_SPACING = 70.0  # scale of the sunflower packing of a rosette's cells
-_ROSETTE_SIZE = (9, 14)  # cells per rosette (inclusive)
-_ROSETTE_JITTER = 0.04  # of rosette centres, in units of the rosette spacing
-_CELL_JITTER = 0.12  # of cells, in units of the cell spacing
 _CONTACT_RADIUS = 200.0
 _SENDER_FRACTION = 0.12
 _NEURON_FRACTION = 0.35
@@ -150,7 +43,6 @@ _LOCAL_EFFECT = (0.8, 0.9)  # log fold of the contact response at saturation
 _LOCAL_HALF_SATURATION = (0.4, 0.6)  # sender contacts giving half the response
 _LOCAL_BASELINE = (0.6, 0.9)
 _GENE_NOISE = 0.25  # sd of independent per-cell, per-gene log-expression noise
-_MEAN_SIZE_FRACTION = 0.35  # where the mean sample size sits between the bounds of the range
 _COUNT_SCALE = 2.0  # mean size factor; sets the depth (about 1,000 counts per cell)
 
 
@@ -182,94 +74,6 @@ def _validate(n_samples, cells_per_sample, n_genes, seed, defects) -> tuple[int,
     if lo < 1 or hi < lo:
         raise ValueError(f"cells_per_sample must satisfy 1 <= min <= max, got ({lo}, {hi})")
     return lo, hi
-
-
-def _sample_sizes(n: int, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
-    """Sizes spanning exactly [lo, hi] with a right-skewed spread and a fixed mean."""
-    if lo == hi or n == 1:
-        return np.full(n, lo if n > 1 else int(round(lo + _MEAN_SIZE_FRACTION * (hi - lo))))
-    u = np.sort(rng.beta(1.5, 2.5, size=n))
-    u[0], u[-1] = 0.0, 1.0
-    if n >= 3:
-        # a power transform keeps the endpoints and moves the mean to the target fraction
-        target = _MEAN_SIZE_FRACTION * n - 1.0  # what the interior must sum to
-        inner = np.clip(u[1:-1], 1e-6, 1 - 1e-6)
-        lo_p, hi_p = -6.0, 6.0
-        for _ in range(60):
-            mid = 0.5 * (lo_p + hi_p)
-            if (inner ** np.exp(mid)).sum() > target:
-                lo_p = mid
-            else:
-                hi_p = mid
-        u[1:-1] = inner ** np.exp(0.5 * (lo_p + hi_p))
-    sizes = np.round(lo + u * (hi - lo)).astype(np.int64)
-    return rng.permutation(sizes)
-
-
-def _organoid_section(n: int, rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
-    """Cell centres of one roughly elliptical section of rosettes, centred at 0, long axis x."""
-    aspect = rng.uniform(0.75, 1.0)
-    lo, hi = _ROSETTE_SIZE
-    area_per_rosette = np.sqrt(3.0) / 2.0 * _ROSETTE_SPACING**2
-    a = np.sqrt(n / (0.5 * (lo + hi)) * area_per_rosette / (np.pi * aspect))
-    b = aspect * a
-    half = 1.4 * a
-    row_step = _ROSETTE_SPACING * np.sqrt(3.0) / 2.0
-    ix, iy = np.meshgrid(
-        np.arange(int(np.ceil(2 * half / _ROSETTE_SPACING)) + 3),
-        np.arange(int(np.ceil(2 * half / row_step)) + 3),
-    )
-    centres = np.column_stack(
-        [
-            ((ix + 0.5 * (iy % 2)) * _ROSETTE_SPACING - half).ravel(),
-            (iy * row_step - half).ravel(),
-        ]
-    )
-    centres += rng.normal(0.0, _ROSETTE_JITTER * _ROSETTE_SPACING, centres.shape)
-    sizes = rng.integers(lo, hi + 1, len(centres))
-    # sunflower packing: the j-th cell at radius ~ sqrt(j), golden-angle turns
-    j = np.concatenate([np.arange(k) for k in sizes])
-    owner = np.repeat(np.arange(len(centres)), sizes)
-    radius = 0.5 * _ROSETTE_CELL_SPACING * np.sqrt(j + 0.5)
-    turn = j * np.pi * (3.0 - np.sqrt(5.0)) + rng.uniform(0.0, 2 * np.pi, len(centres))[owner]
-    pts = centres[owner] + radius[:, None] * np.column_stack([np.cos(turn), np.sin(turn)])
-    pts += rng.normal(0.0, _CELL_JITTER * _ROSETTE_CELL_SPACING, pts.shape)
-    # keep the n cells nearest the centre in a wobbly elliptical norm -> exactly n cells
-    theta = np.arctan2(pts[:, 1], pts[:, 0])
-    wobble_phase = rng.uniform(0.0, 2 * np.pi, 2)
-    wobble = (
-        1 + 0.04 * np.sin(2 * theta + wobble_phase[0]) + 0.03 * np.sin(3 * theta + wobble_phase[1])
-    )
-    rho = np.hypot(pts[:, 0] / a, pts[:, 1] / b) / wobble
-    keep = np.argsort(rho, kind="stable")[:n]
-    return pts[keep], a, b
-
-
-def _gene_table(n_genes: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Gene names, roles and programs; genes beyond the named panel get synthetic names."""
-    names = [g for g, _ in _PANEL[:n_genes]]
-    roles = [r for _, r in _PANEL[:n_genes]]
-    n_extra = n_genes - len(names)
-    if n_extra > 0:
-        width = max(3, len(str(n_extra)))
-        names += [f"SYN{i + 1:0{width}d}" for i in range(n_extra)]
-        pool = np.array(
-            [
-                "contact",
-                "contact_down",
-                "shh_up",
-                "shh_down",
-                "both_up",
-                "noise",
-                "neuron",
-                "progenitor",
-            ]
-        )
-        prob = np.array([0.1, 0.1, 0.1, 0.1, 0.05, 0.25, 0.15, 0.15])
-        roles += list(rng.choice(pool, size=n_extra, p=prob))
-    roles_arr = np.array(roles, dtype=object)
-    program = np.array([_ROLE_PROGRAM.get(r, "none") for r in roles_arr], dtype=object)
-    return pd.DataFrame({"role": roles_arr, "program": program}, index=pd.Index(names))
 
 
 def _gene_parameters(genes: pd.DataFrame, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -628,40 +432,3 @@ def synthetic_organoids(
     if defects:
         _add_defects(adata, rng_defects)
     return adata
-
-
-def _add_defects(adata: ad.AnnData, rng: np.random.Generator) -> None:
-    """Corrupt a few cells: NaN coordinates, duplicated obs names, extra zero-count rows."""
-    n = adata.n_obs
-    k = max(3, n // 1000)
-    chosen = rng.choice(n, size=3 * k, replace=False)
-    nan_idx, dup_idx, zero_idx = (
-        np.sort(chosen[:k]),
-        np.sort(chosen[k : 2 * k]),
-        np.sort(chosen[2 * k :]),
-    )
-    # NaN coordinates, consistently in obsm and obs
-    adata.obsm["spatial"][nan_idx] = np.nan
-    adata.obs.iloc[nan_idx, adata.obs.columns.get_indexer(["x", "y"])] = np.nan
-    # duplicated names: these cells take the name of another (random) cell
-    others = np.setdiff1d(np.arange(n), dup_idx)
-    names = adata.obs_names.to_numpy().copy()
-    names[dup_idx] = names[rng.choice(others, size=k, replace=False)]
-    adata.obs_names = pd.Index(names)
-    # extra zero-count cells (segmentation leftovers)
-    keep = np.ones(n, dtype=bool)
-    keep[zero_idx] = False
-    scale = sp.diags(keep.astype(np.float32))
-    for key in ("X", "raw"):
-        mat = adata.X if key == "X" else adata.layers["raw"]
-        mat = sp.csr_matrix(scale @ mat, dtype=np.float32)
-        mat.eliminate_zeros()
-        if key == "X":
-            adata.X = mat
-        else:
-            adata.layers["raw"] = mat
-    adata.uns["ground_truth"]["defects"] = {
-        "nan_coordinates": [int(i) for i in nan_idx],
-        "duplicated_names": [int(i) for i in dup_idx],
-        "extra_zero_count": [int(i) for i in zero_idx],
-    }

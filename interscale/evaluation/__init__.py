@@ -2,14 +2,15 @@
 
 from interscale.evaluation._baselines import linear_baselines
 from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
-from interscale.evaluation._heldout import heldout_r2
-from interscale.evaluation._latent import latent_rank_report
+from interscale.evaluation._heldout import auroc_with_reason, heldout_r2, report_cells
+from interscale.evaluation._latent import latent_correlation_matrix, latent_rank_report
 from interscale.evaluation._loadings import gene_loadings
 from interscale.evaluation._ranks import auroc_rank_difference, calculate_gene_ranks, driven_genes
 from interscale.evaluation._report import evaluate_to_folder
 
 __all__ = [
     "auroc_rank_difference",
+    "auroc_with_reason",
     "calculate_dim_importance",
     "calculate_gene_ranks",
     "driven_genes",
@@ -17,6 +18,8 @@ __all__ = [
     "gene_loadings",
     "get_genes_dim",
     "heldout_r2",
+    "latent_correlation_matrix",
     "latent_rank_report",
     "linear_baselines",
+    "report_cells",
 ]

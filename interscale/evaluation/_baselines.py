@@ -17,6 +17,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from anndata import AnnData
 
+from interscale._anndata import check_not_view, obs_column_codes
 from interscale.evaluation._utils import _CONSTANT_RTOL, _get_matrix, _Moments
 
 # Rows of features processed at once hold about this many float64 values (32 MiB).
@@ -376,17 +377,18 @@ def linear_baselines(
         The layer, a column of ``adata.obs`` or the graph is missing.
     ValueError
         Too few training or held-out cells, graph edges between samples, non-finite values
-        in the layer, a bad ``hops`` / ``alpha``, a view of an AnnData with ``key_added`` set,
-        or (when choosing alpha) fewer than 2 training samples or no gene varying within them.
+        in the layer, a bad ``hops`` / ``alpha``, or (when choosing alpha) fewer than 2
+        training samples or no gene varying within them.
     TypeError
-        ``hops`` or ``alpha`` has the wrong type.
+        ``hops`` or ``alpha`` has the wrong type, or ``adata`` is a view of another AnnData
+        and ``key_added`` is set (as every function that writes into an AnnData does).
     """
     what = "linear_baselines"
-    if adata.is_view and key_added is not None:
-        raise ValueError(
-            f"{what}: adata is a view; results cannot be stored in it. Pass adata.copy(), or "
-            "key_added=None to only return the table"
-        )
+    if key_added is not None:
+        try:
+            check_not_view(adata, what)
+        except TypeError as exc:
+            raise TypeError(f"{exc}, or key_added=None to only return the table") from None
     hop_list = _check_hops(hops)
     grid = _check_alpha(alpha)
     if isinstance(heldout, str):
@@ -396,14 +398,7 @@ def linear_baselines(
     values = x.data if sp.issparse(x) else x
     if not np.isfinite(values).all():
         raise ValueError(f"{what}: layer {layer_key!r} holds NaN or infinite values")
-    if library_key not in adata.obs.columns:
-        raise KeyError(
-            f"{what}: library_key {library_key!r} not found in adata.obs "
-            f"(available columns: {list(adata.obs.columns)})"
-        )
-    if adata.obs[library_key].isna().any():
-        raise ValueError(f"{what}: adata.obs[{library_key!r}] has missing values")
-    codes = pd.factorize(adata.obs[library_key], sort=True)[0].astype(np.int64)
+    codes, _ = obs_column_codes(adata, library_key, what=f"{what}: library_key")
     train_idx, held_idx = _split_rows(adata, split_key, train, heldout)
     adjacency = _adjacency(adata, connectivity_key, codes, library_key)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from interscale._plotting import draw_gene_by_dim_heatmap, finish
 from interscale.evaluation._utils import _column_stats, _embedding, _get_matrix, _safe_corr
 
 
@@ -361,14 +362,20 @@ def get_genes_dim(
     if not plot:
         return df
 
-    from interscale.pl import gene_by_dim_heatmap
-
-    ax = gene_by_dim_heatmap(
+    # The heatmap of interscale.pl.gene_by_dim_heatmap, drawn from the shared plotting floor:
+    # evaluation sits below pl and never imports it.
+    fig, ax = draw_gene_by_dim_heatmap(
         df,
         cmap=cmap,
+        vmax=None,
+        ax=None,
         figsize=figsize,
         title=title if title is not None else f"{which.capitalize()} embedding: top genes",
+        xlabel="latent dimension",
+        ylabel="gene",
         colorbar_label="score" if residualize or rank_by != "loading" else "std. loading",
-        show=show,
+        separators=True,
+        what="get_genes_dim",
     )
+    finish(fig, save=None, dpi=300, show=show)
     return df, ax

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from interscale.evaluation._ranks import _r2_per_gene, auroc_rank_difference
+from interscale._anndata import read_setup
+from interscale.evaluation._ranks import auroc_rank_difference, r2_per_gene
 from interscale.evaluation._resample import _split_names
 from interscale.evaluation._utils import _get_matrix
 
-__all__ = ["HELDOUT_SPLITS", "heldout_r2"]
+__all__ = ["HELDOUT_SPLITS", "auroc_with_reason", "heldout_r2", "report_cells"]
 
 # The splits whose samples the model was not fitted to.
 HELDOUT_SPLITS = ("val", "test")
@@ -64,15 +65,14 @@ def heldout_r2(
     out = {}
     for split in sorted(set(splits)):
         rows = np.flatnonzero(splits == split)
-        (r2,) = _r2_per_gene(truth, [pred], rows=rows)
+        (r2,) = r2_per_gene(truth, [pred], rows=rows)
         out[split] = float(np.nanmean(r2)) if np.isfinite(r2).any() else np.nan
     return out
 
 
 def _split_key_of(adata: AnnData) -> str:
     """The split column recorded by the model setup, else ``"split"``."""
-    info = adata.uns.get("interscale")
-    key = info.get("split_key") if isinstance(info, Mapping) else None
+    key = (read_setup(adata) or {}).get("split_key")
     return str(key) if key else "split"
 
 
@@ -84,6 +84,22 @@ def report_cells(
     A request for held-out splits only (``"val,test"``, ``["val"]``, ...) keeps the ones the
     data has, so data without a test split is scored on its validation samples; any other
     request is passed on unchanged (and checked by :func:`calculate_gene_ranks`).
+
+    Parameters
+    ----------
+    adata
+        AnnData holding the split column.
+    cells
+        The requested cells, as :func:`calculate_gene_ranks` takes them (``"val,test"``,
+        ``["val"]``, ``"all"``, a boolean mask, None).
+    split_key
+        obs column with the split names.
+
+    Returns
+    -------
+    str, list of str or None
+        The held-out split names present in the data (in the order requested), or
+        ``cells`` unchanged when it asks for anything else.
 
     Raises
     ------
@@ -111,7 +127,23 @@ def report_cells(
 
 
 def auroc_with_reason(ranks: pd.DataFrame, var: pd.DataFrame) -> tuple[float | None, str | None]:
-    """AUROC of the Rank Difference for planted local vs global genes, or why there is none."""
+    """AUROC of the Rank Difference for planted local vs global genes, or why there is none.
+
+    Parameters
+    ----------
+    ranks
+        Output of :func:`calculate_gene_ranks`.
+    var
+        ``adata.var``; its ``program`` column labels the planted ``"local"`` and
+        ``"global"`` genes (as :func:`interscale.datasets.synthetic_organoids` writes it).
+
+    Returns
+    -------
+    tuple
+        ``(auroc, None)`` with the :func:`auroc_rank_difference` of the planted genes, or
+        ``(None, reason)`` when it cannot be computed (no ``program`` column, or genes of
+        only one class); never raises for those.
+    """
     if "program" not in var.columns:
         return None, "no var['program'] column: data without planted programs"
     try:

@@ -1,4 +1,4 @@
-"""Linear independence of the latent dimensions."""
+"""Linear independence and correlation of the latent dimensions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from interscale.evaluation._utils import _embedding
+from interscale.evaluation._utils import _embedding, _safe_corr
 
 
 def latent_rank_report(
@@ -76,3 +76,33 @@ def latent_rank_report(
         "rank": rank,
         "linearly_independent": bool(rank == d),
     }
+
+
+def latent_correlation_matrix(adata: AnnData, *, z_key: str = "_global_emb") -> np.ndarray:
+    """Pearson correlation between the dimensions of an embedding.
+
+    What :func:`interscale.pl.latent_correlation` draws. Rows of the embedding that are not
+    all finite are left out; a constant dimension correlates 0 with every other one (and 1
+    with itself).
+
+    Parameters
+    ----------
+    adata
+        AnnData with the embedding in ``obsm``.
+    z_key
+        ``obsm`` key of the embedding.
+
+    Returns
+    -------
+    numpy.ndarray
+        Symmetric ``(n_dims, n_dims)`` float64 matrix with values in [-1, 1] and ones on the
+        diagonal.
+
+    Raises
+    ------
+    KeyError
+        ``z_key`` is not in ``adata.obsm``.
+    ValueError
+        The embedding is not 2-D or has fewer than 3 finite rows.
+    """
+    return _safe_corr(_embedding(adata, z_key, min_rows=3, what="latent_correlation_matrix"))

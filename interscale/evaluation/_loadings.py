@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from interscale._anndata import check_not_view
 from interscale.evaluation._utils import _column_stats, _embedding, _get_matrix
 
 
@@ -138,11 +139,7 @@ def gene_loadings(
         finite rows, or ``eps`` is negative.
     """
     what = "gene_loadings"
-    if getattr(adata, "is_view", False):
-        raise TypeError(
-            "gene_loadings: adata is a view of another AnnData; the varm entries written into "
-            "it would be lost, so pass adata[mask].copy()"
-        )
+    check_not_view(adata, what)
     if not np.isfinite(eps) or eps < 0:
         raise ValueError(f"gene_loadings: eps must be a finite number >= 0, got {eps!r}")
     core = _core_module(model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import rankdata
 
+from interscale._anndata import read_setup
 from interscale.evaluation._resample import (
     MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP,
     bootstrap_gene_r2,
@@ -40,8 +41,7 @@ BOOTSTRAP_COLUMNS = [
 def _truth_layer(adata: AnnData, layer_true: str | None) -> str:
     if layer_true is not None:
         return layer_true
-    info = adata.uns.get("interscale")
-    key = info.get("layer_key") if isinstance(info, Mapping) else None
+    key = (read_setup(adata) or {}).get("layer_key")
     if key is None:
         raise ValueError(
             "calculate_gene_ranks: no truth layer. Pass layer_true=<the layer the model was "
@@ -58,7 +58,7 @@ def _truth_layer(adata: AnnData, layer_true: str | None) -> str:
     return key
 
 
-def _r2_per_gene(y_true: Any, preds: list[Any], rows: np.ndarray | None = None) -> list[np.ndarray]:
+def r2_per_gene(y_true: Any, preds: list[Any], rows: np.ndarray | None = None) -> list[np.ndarray]:
     """R^2 per column of each prediction against ``y_true``, in one chunked pass.
 
     Entries where the truth or that prediction is not finite are left out (per gene and
@@ -229,7 +229,7 @@ def calculate_gene_ranks(
             units = None
 
     rows = selection.rows
-    r2_local, r2_global = _r2_per_gene(y_true, [y_local, y_global], rows=rows)
+    r2_local, r2_global = r2_per_gene(y_true, [y_local, y_global], rows=rows)
     local_rank = _rank_nan_last(r2_local)
     global_rank = _rank_nan_last(r2_global)
     df = pd.DataFrame(

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from interscale._anndata import read_setup
 from interscale._io import atomic_file, atomic_write_text
 
 __all__ = ["evaluate_to_folder"]
@@ -118,23 +119,25 @@ def evaluate_to_folder(
     """
     import anndata as ad
 
+    # This report draws with interscale.pl and enriches with interscale.tl (the packages above
+    # evaluation) and loads the model: it uses them through the lazy attributes of the
+    # interscale package when it runs, so no module of evaluation imports pl or tl.
     import interscale as isc
-    from interscale.evaluation import (
-        calculate_dim_importance,
-        calculate_gene_ranks,
-        driven_genes,
-        gene_loadings,
-        get_genes_dim,
-        latent_rank_report,
-    )
+    from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
     from interscale.evaluation._heldout import (
         _describe,
         _split_key_of,
         auroc_with_reason,
         report_cells,
     )
-    from interscale.evaluation._ranks import _claim_summary, _describe_cells
-    from interscale.tl._enrich import _empty_result
+    from interscale.evaluation._latent import latent_rank_report
+    from interscale.evaluation._loadings import gene_loadings
+    from interscale.evaluation._ranks import (
+        _claim_summary,
+        _describe_cells,
+        calculate_gene_ranks,
+        driven_genes,
+    )
 
     h5ad = Path(h5ad)
     if not h5ad.is_file():
@@ -142,8 +145,7 @@ def evaluate_to_folder(
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     adata = ad.read_h5ad(h5ad)
-    setup = adata.uns.get("interscale", {})
-    layer = setup.get("layer_key") if hasattr(setup, "get") else None
+    layer = (read_setup(adata) or {}).get("layer_key")
     if not layer:
         raise KeyError(f"{h5ad}: uns['interscale']['layer_key'] missing; run get_model_output")
     for key in ("_y_pred_local", "_y_pred_global"):
@@ -242,7 +244,7 @@ def evaluate_to_folder(
         if genes:
             table = isc.tl.enrich(genes, gene_sets=gene_sets, background=adata)
         else:
-            table = _empty_result()
+            table = isc.tl.empty_enrichment()
             metrics[f"enrichment_reason_{group}"] = f"no claimed {group}-driven genes"
         tables[group] = table
         _write_csv(table, out / f"enrichment_{group}.csv")

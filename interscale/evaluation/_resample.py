@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.stats import rankdata
 
+from interscale._anndata import obs_column_codes, read_setup
 from interscale.evaluation._utils import _chunk_rows, _row_chunks
 
 # Whole samples are resampled when the scored cells come from at least this many samples;
@@ -125,8 +126,7 @@ def sample_units(
     if library_key is not None:
         keys = [library_key] if isinstance(library_key, str) else [str(k) for k in library_key]
     else:
-        info = adata.uns.get("interscale")
-        recorded = info.get("sample_key") if isinstance(info, Mapping) else None
+        recorded = (read_setup(adata) or {}).get("sample_key")
         if recorded is not None:
             keys = [recorded] if isinstance(recorded, str) else [str(k) for k in recorded]
         elif "sample" in adata.obs.columns:
@@ -135,18 +135,17 @@ def sample_units(
             return None, None
     if not keys:
         raise ValueError(f"{what}: library_key names no obs column")
+    values = None
     for key in keys:
-        if key not in adata.obs.columns:
+        try:
+            key_codes, names = obs_column_codes(adata, key, what=f"{what}: sample column")
+        except KeyError as exc:
             raise KeyError(
-                f"{what}: sample column {key!r} not found in adata.obs (columns: "
-                f"{list(adata.obs.columns)}); pass library_key=<the column naming each sample>"
-            )
-        if adata.obs[key].isna().any():
-            raise ValueError(f"{what}: adata.obs[{key!r}] has missing values")
-    labels = adata.obs[keys[0]].astype(str)
-    for key in keys[1:]:
-        labels = labels + "|" + adata.obs[key].astype(str)
-    values = labels.to_numpy()
+                f"{exc.args[0]}; pass library_key=<the column naming each sample>"
+            ) from None
+        # Units are numbered in sorted order of their labels as strings ("a|b" for two keys).
+        labels = np.asarray(names, dtype=object)[key_codes]
+        values = labels if values is None else values + "|" + labels
     codes, _ = pd.factorize(values if rows is None else values[rows], sort=True)
     return codes.astype(np.int64), ",".join(keys)
 

@@ -1,21 +1,120 @@
-"""Finding, reading and translating checkpoint files."""
+"""Checkpoints: the format, the file-name rule, writing, finding, reading and checking them.
+
+A native checkpoint is one ``torch.save`` dictionary (:data:`CHECKPOINT_FORMAT`, version
+:data:`CHECKPOINT_FORMAT_VERSION`) holding the state dict, the config, the genes and the
+training history. Every version ever written must stay readable: ``tests/data/frozen_v1`` holds
+a version-1 file that each release loads. Published-format state dicts (the reference
+implementation's, with or without Lightning's ``module.`` prefix) are translated by explicit
+rules; a tensor is never reshaped beyond dropping leading size-1 axes.
+"""
 
 from __future__ import annotations
 
+import difflib
+import io
+import math
 import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
+from anndata import AnnData
 
-__all__ = ["resolve_checkpoint_path", "read_checkpoint", "map_published_state_dict"]
+from interscale._io import atomic_write_bytes
+from interscale.config import Config, config_from_dict
+from interscale.model._setup import check_same_genes
+from interscale.train import resolve_device
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "check_config_agrees",
+    "check_state_shapes",
+    "checkpoint_file_name",
+    "load_model",
+    "map_published_state_dict",
+    "plain_tree",
+    "plain_value",
+    "read_checkpoint",
+    "resolve_checkpoint_path",
+    "write_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "interscale-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
 
 _SUFFIXES = (".pt", ".ckpt", ".pth")
 
 
-def resolve_checkpoint_path(dir_path, model_name, cls, cfg) -> Path:
+def checkpoint_file_name(
+    cfg: Config, has_local: bool, has_global: bool, prefix: str | None = None
+) -> str:
+    """The published file name rule, used both to write and to find a checkpoint.
+
+    ``{prefix}{dual_}{dataset.name}_{task[:4]}_{level}_{seed}_{local}_{global}_model.pt``
+    """
+    ds = cfg.dataset
+    local = cfg.model.local_component.name if has_local else ""
+    glob = cfg.model.global_component.name if has_global else ""
+    dual = "dual_" if cfg.model.decoder.dual_decoder and has_local and has_global else ""
+    name = (
+        f"{dual}{ds.name}_{ds.prediction_task[:4]}_{ds.prediction_level}_"
+        f"{cfg.optim.seed}_{local}_{glob}_model.pt"
+    )
+    return f"{prefix}{name}" if prefix else name
+
+
+def write_checkpoint(
+    payload: Mapping[str, Any], folder: str | os.PathLike, name: str, overwrite: bool
+) -> Path:
+    """Write ``payload`` (with the format fields added) as ``folder/name``, atomically."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    document = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        **payload,
+    }
+    buffer = io.BytesIO()
+    torch.save(document, buffer)
+    atomic_write_bytes(buffer.getvalue(), path, fsync=True)
+    return path
+
+
+def plain_value(value):
+    """A Python scalar for a numpy one and ``None`` for NaN (what a checkpoint stores)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def plain_tree(obj):
+    """``obj`` with string keys and Python scalars throughout its dicts and lists."""
+    if isinstance(obj, dict):
+        return {str(k): plain_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain_tree(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def resolve_checkpoint_path(
+    dir_path, model_name: str | None, cfg: Config | None, has_local: bool, has_global: bool
+) -> Path:
     """Find the checkpoint file from a folder, an optional name and the config's naming rule."""
     base = Path(dir_path)
     candidates: list[Path] = []
@@ -31,14 +130,7 @@ def resolve_checkpoint_path(dir_path, model_name, cls, cfg) -> Path:
         if not base.exists():
             raise FileNotFoundError(f"checkpoint folder {base} does not exist")
         if cfg is not None:
-            ds = cfg.dataset
-            local = cfg.model.local_component.name if cls._local else ""
-            glob = cfg.model.global_component.name if cls._global else ""
-            dual = "dual_" if cfg.model.decoder.dual_decoder and cls._local and cls._global else ""
-            candidates.append(
-                base / f"{dual}{ds.name}_{ds.prediction_task[:4]}_{ds.prediction_level}_"
-                f"{cfg.optim.seed}_{local}_{glob}_model.pt"
-            )
+            candidates.append(base / checkpoint_file_name(cfg, has_local, has_global))
         found = sorted(p for p in base.iterdir() if p.suffix in _SUFFIXES and p.is_file())
         for path in candidates:
             if path.is_file():
@@ -64,8 +156,6 @@ def read_checkpoint(path: Path) -> dict:
     Returns a dict with ``kind`` (``"native"``, ``"published"``, ``"published-legacy"`` or
     ``"lightning"``), ``state_dict`` and ``description``; native checkpoints keep all their fields.
     """
-    from interscale.model._base import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
-
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty, not a checkpoint")
     try:
@@ -161,8 +251,7 @@ def map_published_state_dict(state: dict, module: torch.nn.Module) -> dict:
     mapped: dict[str, torch.Tensor] = {}
 
     def fits(mine: str, tensor: torch.Tensor) -> bool:
-        # The published CLS token is stored as [1, 1, E], ours as [E]: same values, other shape.
-        return ours[mine].shape == tensor.shape or ours[mine].numel() == tensor.numel()
+        return _same_up_to_leading_ones(tuple(tensor.shape), tuple(ours[mine].shape))
 
     for part in ("local_encoder", "global_encoder", "local_decoder", "global_decoder"):
         our_keys = [k for k in ours if k.startswith(part + ".")]
@@ -189,3 +278,170 @@ def map_published_state_dict(state: dict, module: torch.nn.Module) -> dict:
     if "mask_token" in renamed and "mask_token" in ours:
         mapped["mask_token"] = renamed["mask_token"]
     return mapped
+
+
+def _same_up_to_leading_ones(theirs: tuple[int, ...], mine: tuple[int, ...]) -> bool:
+    """Equal shapes, or ones that differ by leading size-1 axes only.
+
+    The published CLS token is stored as ``[1, 1, E]`` and ours as ``[E]``: the same values in
+    the same order. A transposed or otherwise reshaped tensor never passes.
+    """
+    while len(theirs) > len(mine) and theirs[0] == 1:
+        theirs = theirs[1:]
+    return theirs == mine
+
+
+def check_state_shapes(state: Mapping[str, torch.Tensor], module: torch.nn.Module, source: str):
+    """Raise a ``ValueError`` naming every tensor whose shape is not exactly the module's.
+
+    ``torch.nn.Module.load_state_dict`` would refuse most of these too, but only one at a time
+    and not for tensors that a translation reshaped; this check runs first and names them all.
+    """
+    ours = module.state_dict()
+    wrong = [
+        f"{key}: {tuple(tensor.shape)} in the file, {tuple(ours[key].shape)} in the model"
+        for key, tensor in state.items()
+        if key in ours and tuple(tensor.shape) != tuple(ours[key].shape)
+    ]
+    if wrong:
+        raise ValueError(
+            f"{source} does not fit this architecture; tensors of another shape: "
+            + "; ".join(wrong[:5])
+            + (f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else "")
+        )
+
+
+#: Config fields that define the architecture: a given config must agree with the checkpoint's.
+ARCH_FIELDS = (
+    "model.n_embed",
+    "model.mask_token",
+    "model.local_component.name",
+    "model.local_component.parameters.hidden_dim",
+    "model.local_component.parameters.num_layers",
+    "model.global_component.name",
+    "model.global_component.parameters.n_heads",
+    "model.global_component.parameters.dim_feedforward",
+    "model.global_component.parameters.num_layers",
+    "model.global_component.parameters.activation_func",
+    "model.global_component.parameters.attention",
+    "model.decoder.type",
+    "model.decoder.hidden_dims",
+    "model.decoder.dual_decoder",
+)
+
+
+def _get_path(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return list(obj) if isinstance(obj, tuple) else obj
+
+
+def check_config_agrees(cfg: Config, stored: Config, path: Path) -> None:
+    """Raise a ``ValueError`` naming the first architecture field where two configs differ."""
+    for field in ARCH_FIELDS:
+        mine, theirs = _get_path(cfg, field), _get_path(stored, field)
+        if mine != theirs:
+            raise ValueError(
+                f"config mismatch with checkpoint {path.name}: {field} is {mine!r} in the given "
+                f"config but {theirs!r} in the checkpoint"
+            )
+
+
+_LOAD_ARGUMENTS = (
+    "cfg",
+    "model_name",
+    "local_component",
+    "global_component",
+    "accelerator",
+    "verbose",
+)
+
+
+def load_model(
+    cls,
+    dir_path,
+    adata: AnnData,
+    cfg: Config | None,
+    model_name: str | None,
+    local_component: bool,
+    global_component: bool,
+    accelerator: str | None,
+    verbose: bool,
+    unknown: Mapping[str, Any],
+):
+    """Build a ``cls`` model through its constructor and load a checkpoint's weights into it.
+
+    The steps of :meth:`BaseModel.load <interscale.model._base.BaseModel.load>` (which documents
+    the parameters); ``unknown`` holds keyword arguments the caller did not recognise.
+    """
+    if unknown:
+        _raise_unknown_arguments(unknown)
+    if (local_component or global_component) and (
+        bool(local_component) != cls._local or bool(global_component) != cls._global
+    ):
+        raise ValueError(
+            f"{cls.__name__} has local={cls._local}, global={cls._global}; the flags "
+            f"local_component={local_component}, global_component={global_component} disagree"
+        )
+    path = resolve_checkpoint_path(dir_path, model_name, cfg, cls._local, cls._global)
+    ckpt = read_checkpoint(path)
+    if ckpt["kind"] == "native":
+        cfg = _check_native_fits(cls, ckpt, adata, cfg, path)
+    elif cfg is None:
+        raise ValueError(
+            f"{path.name} is a published-format state dict without a config; pass cfg="
+        )
+    model = cls(adata, cfg, global_input=ckpt.get("global_input"))
+    state = ckpt["state_dict"]
+    if ckpt["kind"] != "native":
+        state = map_published_state_dict(state, model.module)
+    check_state_shapes(state, model.module, path.name)
+    result = model.module.load_state_dict(state, strict=False)
+    if ckpt["kind"] == "native" and (result.missing_keys or result.unexpected_keys):
+        raise ValueError(
+            f"{path.name} does not fit this architecture: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    non_mask = [k for k in result.missing_keys if k != "mask_token"]
+    if ckpt["kind"] != "native" and non_mask:
+        raise ValueError(f"{path.name} ({ckpt['kind']}) lacks weights for {non_mask[:5]}")
+    model.module.to(resolve_device(accelerator))
+    if ckpt.get("history"):
+        model.history_ = pd.DataFrame(ckpt["history"])
+        model.best_epoch_ = ckpt.get("best_epoch")
+    model.is_trained_ = True
+    if verbose:
+        print(f"Loaded {ckpt['description']} from {path}")
+    return model
+
+
+def _raise_unknown_arguments(unknown: Mapping[str, Any]) -> None:
+    name = next(iter(unknown))
+    close = difflib.get_close_matches(name, _LOAD_ARGUMENTS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise TypeError(
+        f"load() got an unexpected keyword argument {name!r}{hint} (it accepts dir_path, adata, "
+        f"{', '.join(_LOAD_ARGUMENTS)})"
+    )
+
+
+def _check_native_fits(cls, ckpt: dict, adata: AnnData, cfg: Config | None, path: Path) -> Config:
+    """The config to build with; raises where a native checkpoint does not fit the request."""
+    stored_cfg = config_from_dict(ckpt["config"])
+    if cfg is None:
+        cfg = stored_cfg
+    else:
+        check_config_agrees(cfg, stored_cfg, path)
+    comps = ckpt.get("components", {})
+    if comps and (comps.get("local") != cls._local or comps.get("global") != cls._global):
+        raise ValueError(
+            f"{path.name} holds a {ckpt.get('model_class')} (local={comps.get('local')}, "
+            f"global={comps.get('global')}), not a {cls.__name__}"
+        )
+    check_same_genes(adata, [str(g) for g in ckpt["gene_names"]], "the checkpoint's")
+    if int(ckpt["n_embed"]) != cfg.model.n_embed:
+        raise ValueError(
+            f"n_embed mismatch: checkpoint {ckpt['n_embed']}, config {cfg.model.n_embed}"
+        )
+    return cfg

@@ -6,7 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from interscale.model._base import BaseModel, _layer
+from interscale._anndata import layer_matrix
+from interscale.model._base import BaseModel
 
 __all__ = ["CombinedModel", "LocalModel", "GlobalModel"]
 
@@ -59,7 +60,7 @@ class GlobalModel(BaseModel):
     _global = True
 
     def _prepare_global_input(self, adata: AnnData) -> int:
-        stored = getattr(self, "_global_input_from_checkpoint", None)
+        stored = self._global_input
         if stored is not None:
             self._global_input = stored
             if stored["kind"] == "obsm":
@@ -78,7 +79,7 @@ class GlobalModel(BaseModel):
             return int(emb.shape[1])
         n_comp = int(self.cfg.model.n_embed)
         split = adata.obs[self.split_key].astype(str).to_numpy()
-        matrix = _layer(adata, self.layer_key)
+        matrix = layer_matrix(adata, self.layer_key)
         train_rows = np.flatnonzero(split == "train")
         x = matrix[train_rows]
         x = x.toarray() if sp.issparse(x) else np.asarray(x)
@@ -107,7 +108,7 @@ class GlobalModel(BaseModel):
             if spec["key"] not in adata.obsm:
                 raise KeyError(f"input embedding {spec['key']!r} is not in adata.obsm")
             return np.asarray(adata.obsm[spec["key"]], dtype=np.float32)
-        matrix = _layer(adata, self.layer_key)
+        matrix = layer_matrix(adata, self.layer_key)
         mean = np.asarray(spec["mean"], dtype=np.float32)
         comps = np.asarray(spec["components"], dtype=np.float32)
         if sp.issparse(matrix):

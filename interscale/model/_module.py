@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from interscale.nn import GlobalEncoder, make_decoder, make_local_encoder
 
-__all__ = ["InterScaleModule", "ModuleOutput"]
+if TYPE_CHECKING:
+    from interscale.config import ModelConfig
+
+__all__ = ["InterScaleModule", "ModuleOutput", "init_decoder_bias", "module_from_config"]
 
 
 class ModuleOutput(NamedTuple):
@@ -174,3 +178,74 @@ class InterScaleModule(nn.Module):
         if self.local_decoder is not None:
             y_local = self.local_decoder(local_emb)
         return ModuleOutput(local_emb, global_emb, y_local, y_global, attention, cls_attention)
+
+
+def module_from_config(
+    model_cfg: ModelConfig,
+    n_genes: int,
+    has_local: bool,
+    has_global: bool,
+    global_input_dim: int | None = None,
+) -> InterScaleModule:
+    """Build the module that the ``model`` section of a config describes.
+
+    Parameters
+    ----------
+    model_cfg
+        ``cfg.model``.
+    n_genes
+        Genes decoded.
+    has_local, has_global
+        Which components to build.
+    global_input_dim
+        Width of the fixed input embedding of a global-only model.
+    """
+    lp = model_cfg.local_component.parameters
+    gp = model_cfg.global_component.parameters
+    return InterScaleModule(
+        n_genes=n_genes,
+        n_embed=model_cfg.n_embed,
+        local_component=model_cfg.local_component.name if has_local else None,
+        global_component=has_global,
+        local_kwargs={
+            "hidden_dim": lp.hidden_dim,
+            "num_layers": lp.num_layers,
+            "dropout": lp.dropout_local,
+        },
+        global_kwargs={
+            "n_heads": gp.n_heads,
+            "dim_feedforward": gp.dim_feedforward,
+            "dropout": gp.dropout_global,
+            "activation": gp.activation_func,
+            "num_layers": gp.num_layers,
+            "attention": gp.attention,
+        },
+        decoder_kwargs={
+            "kind": model_cfg.decoder.type,
+            "hidden_dims": tuple(model_cfg.decoder.hidden_dims),
+            "dropout": model_cfg.decoder.dropout_decoder,
+        },
+        dual_decoder=model_cfg.decoder.dual_decoder,
+        mask_token=model_cfg.mask_token,
+        global_input_dim=global_input_dim,
+    )
+
+
+def init_decoder_bias(module: InterScaleModule, gene_means: np.ndarray) -> None:
+    """Start each decoder's output bias at the mean expression of the training cells.
+
+    Without this the decoders start near zero while log-normalised expression sits around a
+    few units, and the first epochs are spent learning the gene means.
+    """
+    mean = torch.from_numpy(np.asarray(gene_means, dtype=np.float32))
+    for decoder in (module.local_decoder, module.global_decoder):
+        if decoder is None:
+            continue
+        bias = None
+        for sub in decoder.modules():
+            candidate = getattr(sub, "bias", None)
+            if isinstance(candidate, nn.Parameter) and candidate.shape == mean.shape:
+                bias = candidate
+        if bias is not None:
+            with torch.no_grad():
+                bias.copy_(mean)

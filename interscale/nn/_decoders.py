@@ -9,6 +9,8 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from interscale.names import DECODER_TYPES
+
 __all__ = [
     "DECODER_KINDS",
     "LinearDecoder",
@@ -18,7 +20,8 @@ __all__ = [
     "make_decoder",
 ]
 
-DECODER_KINDS = ("linear", "nonlinear", "linear-lse")
+#: The decoder kinds, :data:`interscale.names.DECODER_TYPES` (this name is kept for imports).
+DECODER_KINDS = DECODER_TYPES
 
 
 class LinearDecoder(nn.Module):
@@ -115,6 +118,14 @@ class NonLinearDecoder(nn.Module):
         return self.decoder(z)
 
 
+# One decoder per name of ``interscale.names.DECODER_TYPES`` (tests/test_names.py checks it).
+_DECODERS: dict[str, type[nn.Module]] = {
+    "linear": LinearDecoder,
+    "nonlinear": NonLinearDecoder,
+    "linear-lse": LinearLSEDecoder,
+}
+
+
 def make_decoder(
     kind: str,
     n_embed: int,
@@ -147,8 +158,8 @@ def make_decoder(
     ValueError
         On an unknown ``kind``, non-positive sizes or a dropout outside [0, 1).
     """
-    if kind not in DECODER_KINDS:
-        raise ValueError(f"decoder kind must be one of {DECODER_KINDS}, got {kind!r}")
+    if kind not in DECODER_TYPES:
+        raise ValueError(f"decoder kind must be one of {DECODER_TYPES}, got {kind!r}")
     dims = [("n_embed", n_embed), ("n_output", n_output)]
     dims += [(f"hidden_dims[{i}]", h) for i, h in enumerate(hidden_dims)]
     for name, value in dims:
@@ -156,11 +167,10 @@ def make_decoder(
             raise ValueError(f"{name} must be a positive integer, got {value}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if kind == "linear":
-        return LinearDecoder(n_embed, n_output)
-    if kind == "linear-lse":
-        return LinearLSEDecoder(n_embed, n_output)
-    return NonLinearDecoder(n_embed, n_output, tuple(int(h) for h in hidden_dims), dropout)
+    decoder = _DECODERS[kind]
+    if decoder is NonLinearDecoder:
+        return NonLinearDecoder(n_embed, n_output, tuple(int(h) for h in hidden_dims), dropout)
+    return decoder(n_embed, n_output)
 
 
 def linear_weight(decoder: nn.Module) -> Tensor:

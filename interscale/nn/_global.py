@@ -8,9 +8,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from interscale.names import ACTIVATIONS, ATTENTION_SCOPES
+
 from ._attention import (
     _KERNELS,
-    ATTENTION_SCOPES,
     AttentionWeights,
     KeyMask,
     blocked_attention,
@@ -21,7 +22,9 @@ from ._attention import (
 
 __all__ = ["GlobalEncoder", "GlobalEncoderOutput"]
 
-_ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu}
+# Feed-forward activation by name: every name of ``interscale.names.ACTIVATIONS`` is the name of
+# a function of ``torch.nn.functional``.
+_ACTIVATIONS = {name: getattr(nn.functional, name) for name in ACTIVATIONS}
 
 
 class GlobalEncoderOutput(NamedTuple):
@@ -282,8 +285,8 @@ class GlobalEncoder(nn.Module):
         super().__init__()
         if attention not in ATTENTION_SCOPES:
             raise ValueError(f"attention must be one of {ATTENTION_SCOPES}, got {attention!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if kernel not in _KERNELS:
             raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
         for name, value in [

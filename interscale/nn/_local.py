@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, GINConv, MessagePassing
 
+from interscale.names import LOCAL_COMPONENTS
+
 __all__ = ["GCNEncoder", "GINEncoder", "make_local_encoder"]
 
 
@@ -177,7 +179,8 @@ class GINEncoder(_ResidualGNN):
         return GINConv(nn=mlp, train_eps=True)
 
 
-_LOCAL_ENCODERS = {"GCN": GCNEncoder, "GIN": GINEncoder}
+# One encoder per name of ``interscale.names.LOCAL_COMPONENTS`` (tests/test_names.py checks it).
+_LOCAL_ENCODERS: dict[str, type[_ResidualGNN]] = {"GCN": GCNEncoder, "GIN": GINEncoder}
 
 
 def make_local_encoder(
@@ -207,6 +210,6 @@ def make_local_encoder(
     ValueError
         If ``name`` is not a known encoder.
     """
-    if name not in _LOCAL_ENCODERS:
-        raise ValueError(f"local encoder must be one of {tuple(_LOCAL_ENCODERS)}, got {name!r}")
+    if name not in LOCAL_COMPONENTS:
+        raise ValueError(f"local encoder must be one of {LOCAL_COMPONENTS}, got {name!r}")
     return _LOCAL_ENCODERS[name](n_input, n_embed, hidden_dim, num_layers, dropout)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from interscale.pl._utils import _finish, _require_columns
+from interscale._plotting import finish, require_columns
 
 _WHAT = "pl.baselines"
 _SINGLE_COLOR = "#005F73"
@@ -210,7 +210,7 @@ def baselines(
     ValueError
         ``df_ranks`` is empty, ``df_baselines`` has duplicate genes, or ``ax`` is not a pair.
     """
-    _require_columns(df_ranks, ["gene", "r2_local", "r2_global"], what=_WHAT)
+    require_columns(df_ranks, ["gene", "r2_local", "r2_global"], what=_WHAT)
     if not isinstance(df_baselines, pd.DataFrame):
         raise TypeError(
             f"{_WHAT}: df_baselines must be a pandas DataFrame, got {type(df_baselines).__name__}"
@@ -223,7 +223,7 @@ def baselines(
         global_baseline = _largest_hop(
             df_baselines.columns, r"hop(\d+)_sample", "hop2_sample", "global_baseline"
         )
-    _require_columns(df_baselines, [local_baseline, global_baseline], what=_WHAT)
+    require_columns(df_baselines, [local_baseline, global_baseline], what=_WHAT)
 
     table = df_baselines.set_axis(df_baselines.index.astype(str), axis=0)
     if table.index.has_duplicates:
@@ -266,5 +266,5 @@ def baselines(
         )
     if title:
         fig.suptitle(title, fontsize=12, fontweight="bold")
-    _finish(fig, save=save, dpi=dpi, show=show)
+    finish(fig, save=save, dpi=dpi, show=show)
     return fig

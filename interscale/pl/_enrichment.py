@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interscale.pl._utils import _finish, _new_axes, _require_columns, _shorten
+from interscale._plotting import finish, new_axes, require_columns, shorten
 
 _DEFAULT_GROUP_COLORS = {"local": "#EE9B00", "global": "#005F73"}
 
@@ -117,13 +117,13 @@ def enrichment_bars(
     if isinstance(results, Mapping):
         frames = []
         for name, df in results.items():
-            _require_columns(df, [term_col, pval_col], what=f"{what} ({name!r})")
+            require_columns(df, [term_col, pval_col], what=f"{what} ({name!r})")
             frames.append(df.assign(**{group_col: str(name)}))
         if not frames:
             raise ValueError(f"{what}: results is empty")
         table = pd.concat(frames, ignore_index=True)
     else:
-        _require_columns(results, [group_col, term_col, pval_col], what=what)
+        require_columns(results, [group_col, term_col, pval_col], what=what)
         table = results.assign(**{group_col: results[group_col].astype(str)})
     groups = list(dict.fromkeys(table[group_col]))
     best = {g: _top_terms(table[table[group_col] == g], top_n, term_col, pval_col) for g in groups}
@@ -153,7 +153,7 @@ def enrichment_bars(
     n_terms = len(scores)
     if figsize is None:
         figsize = (7.0, max(2.5, 0.3 * n_terms * max(1, len(groups) * 0.7) + 1.2))
-    fig, ax = _new_axes(ax, figsize)
+    fig, ax = new_axes(ax, figsize)
     height = 0.8 / len(groups)
     pos = np.arange(n_terms)
     for i, g in enumerate(groups):
@@ -169,7 +169,7 @@ def enrichment_bars(
             edgecolor="white",
             linewidth=0.5,
         )
-    ax.set_yticks(pos, _shorten(scores.index, max_term_len), fontsize=9)
+    ax.set_yticks(pos, shorten(scores.index, max_term_len), fontsize=9)
     if alpha is not None:
         ax.axvline(
             -np.log10(alpha),
@@ -190,7 +190,7 @@ def enrichment_bars(
         ax.spines[side].set_visible(False)
     if title:
         ax.set_title(title)
-    _finish(fig, save=save, dpi=dpi, show=show)
+    finish(fig, save=save, dpi=dpi, show=show)
     return ax
 
 
@@ -267,7 +267,7 @@ def enrichment_diverging(
     _check_top_n(top_n, what)
     sides = {}
     for name, df in zip(labels, (local_df, global_df), strict=True):
-        _require_columns(df, [term_col, pval_col, overlap_col], what=f"{what} ({name})")
+        require_columns(df, [term_col, pval_col, overlap_col], what=f"{what} ({name})")
         d = df.dropna(subset=[pval_col]).sort_values(pval_col, kind="stable")
         d = d.drop_duplicates(subset=[term_col])
         sides[name] = pd.DataFrame(
@@ -295,7 +295,7 @@ def enrichment_diverging(
     n_terms = len(terms)
     if figsize is None:
         figsize = (8.0, max(2.5, 0.32 * n_terms + 1.5))
-    fig, ax = _new_axes(ax, figsize)
+    fig, ax = new_axes(ax, figsize)
     pos = np.arange(n_terms)
     for side, sign in ((left, -1.0), (right, 1.0)):
         has = side["score"].notna().to_numpy()
@@ -315,7 +315,7 @@ def enrichment_diverging(
     lim = lim if np.isfinite(lim) and lim > 0 else 1.0
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-0.6, n_terms - 0.4)
-    ax.set_yticks(pos, _shorten(terms, max_term_len), fontsize=9)
+    ax.set_yticks(pos, shorten(terms, max_term_len), fontsize=9)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{abs(v):g}"))
     ax.set_xlabel(f"-log10(adjusted p)      \u2190 {labels[0]}  |  {labels[1]} \u2192")
     ax.text(
@@ -344,5 +344,5 @@ def enrichment_diverging(
         ax.spines[side].set_visible(False)
     if title:
         ax.set_title(title, pad=16)
-    _finish(fig, save=save, dpi=dpi, show=show)
+    finish(fig, save=save, dpi=dpi, show=show)
     return ax

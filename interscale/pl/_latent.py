@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from interscale.evaluation._utils import _embedding, _safe_corr
-from interscale.pl._utils import _finish, _new_axes, _require_columns, _tick_fontsize
+from interscale._plotting import draw_gene_by_dim_heatmap, finish, new_axes
+from interscale.evaluation import latent_correlation_matrix
 
 
 def _leaf_order(c: np.ndarray, method: str, metric: str) -> tuple[np.ndarray | None, list[int]]:
@@ -96,8 +96,7 @@ def latent_correlation(
 
     if not vmax > 0:
         raise ValueError(f"pl.latent_correlation: vmax must be > 0, got {vmax}")
-    z = _embedding(adata, z_key, min_rows=3, what="pl.latent_correlation")
-    c = _safe_corr(z)
+    c = latent_correlation_matrix(adata, z_key=z_key)
     link, order = _leaf_order(c, method, metric)
     k = c.shape[0]
 
@@ -142,7 +141,7 @@ def latent_correlation(
     ax_top.set_xlim(0, 10 * k)
     ax_left.set_ylim(10 * k, 0)
     fig.suptitle(title if title is not None else f"Correlation of {z_key}", fontsize=11)
-    _finish(fig, save=save, dpi=dpi, show=show)
+    finish(fig, save=save, dpi=dpi, show=show)
     return fig
 
 
@@ -203,7 +202,7 @@ def dim_importance_elbow(
     cutoff = results["cumulative_cutoff"]
     x = np.arange(len(y)) * spacing
 
-    fig, ax = _new_axes(ax, figsize)
+    fig, ax = new_axes(ax, figsize)
     ax.plot(x, y, marker="o", markersize=4, linewidth=1, color="#005F73")
     ax.set_xticks(x, [str(d) for d in dims], fontsize=fontsize - 2)
     if len(x) > 20:
@@ -232,7 +231,7 @@ def dim_importance_elbow(
             f"{results['n_dims_left']} dimensions (sorted by importance): "
             f"{np.asarray(results['dims_left']).tolist()}"
         )
-    _finish(fig, save=save, dpi=dpi, show=show)
+    finish(fig, save=save, dpi=dpi, show=show)
     return ax
 
 
@@ -291,36 +290,18 @@ def gene_by_dim_heatmap(
     ValueError
         ``df`` is empty.
     """
-    _require_columns(df, [], what="pl.gene_by_dim_heatmap")
-    if df.shape[0] == 0 or df.shape[1] == 0:
-        raise ValueError("pl.gene_by_dim_heatmap: the table is empty")
-    try:
-        values = df.to_numpy(dtype=float)
-    except (TypeError, ValueError) as err:
-        raise TypeError("pl.gene_by_dim_heatmap: df must be numeric") from err
-    if vmax is None:
-        finite = values[np.isfinite(values)]
-        vmax = float(np.abs(finite).max()) if finite.size else 1.0
-        vmax = vmax if vmax > 0 else 1.0
-
-    fig, ax = _new_axes(ax, figsize)
-    im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
-    cb = fig.colorbar(im, ax=ax, fraction=0.08, pad=0.03)
-    cb.set_label(colorbar_label)
-    n_genes, n_dims = values.shape
-    height = ax.get_position().height * fig.get_figheight()
-    ax.set_xticks(np.arange(n_dims), [str(c) for c in df.columns])
-    ax.set_yticks(
-        np.arange(n_genes), [str(g) for g in df.index], fontsize=_tick_fontsize(n_genes, height)
+    fig, ax = draw_gene_by_dim_heatmap(
+        df,
+        cmap=cmap,
+        vmax=vmax,
+        ax=ax,
+        figsize=figsize,
+        title=title,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        colorbar_label=colorbar_label,
+        separators=separators,
+        what="pl.gene_by_dim_heatmap",
     )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if separators and n_dims > 1:
-        winner = np.argmax(np.nan_to_num(np.abs(values), nan=-1.0), axis=1)
-        if np.all(np.diff(winner) >= 0):
-            for cut in np.flatnonzero(np.diff(winner)):
-                ax.axhline(cut + 0.5, color="white", linewidth=2)
-    if title:
-        ax.set_title(title)
-    _finish(fig, save=save, dpi=dpi, show=show)
+    finish(fig, save=save, dpi=dpi, show=show)
     return ax

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interscale.evaluation._ranks import driven_genes
-from interscale.pl._utils import _finish, _new_axes, _require_columns
+from interscale._plotting import finish, new_axes, require_columns
+from interscale.evaluation import driven_genes
 
 _INTERVAL_COLUMNS = ("rank_difference_lo", "rank_difference_hi")
 
@@ -159,7 +159,7 @@ def gene_ranks(
     """
     what = "pl.gene_ranks"
     cols = ["gene", "Local Rank", "Global Rank", "Rank Difference", "Avg Rank"]
-    _require_columns(merged_df, cols, what=what)
+    require_columns(merged_df, cols, what=what)
     if not isinstance(top_n, int | np.integer) or top_n < 0:
         raise ValueError(f"{what}: top_n must be an integer >= 0, got {top_n!r}")
     if intervals not in ("all", "highlighted", "none"):
@@ -167,7 +167,7 @@ def gene_ranks(
             f"{what}: intervals must be 'all', 'highlighted' or 'none', got {intervals!r}"
         )
     if not show_all:
-        _require_columns(merged_df, ["r2_local", "r2_global"], what=what)
+        require_columns(merged_df, ["r2_local", "r2_global"], what=what)
     if len(merged_df) == 0:
         raise ValueError(f"{what}: the table is empty")
 
@@ -175,7 +175,7 @@ def gene_ranks(
         return c if not isinstance(c, str) or c.startswith("#") or len(c) != 6 else f"#{c}"
 
     color_local, color_global, color_best = map(_hex, (color_local, color_global, color_best))
-    fig, ax = _new_axes(ax, figsize)
+    fig, ax = new_axes(ax, figsize)
     x, y = merged_df["Local Rank"], merged_df["Global Rank"]
     ax.scatter(x, y, s=16, alpha=0.6, color="gray", linewidths=0, label="All genes", zorder=2)
 
@@ -297,5 +297,5 @@ def gene_ranks(
 
     if save is None and save_dir is not None:
         save = Path(save_dir) / f"gene_rank_analysis_{post_fix}.png"
-    _finish(fig, save=save, dpi=dpi, show=show)
+    finish(fig, save=save, dpi=dpi, show=show)
     return ax

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from interscale._anndata import obs_column_codes
 from interscale.pp._validate import (
     check_finite_coordinates,
     check_not_view,
@@ -17,6 +19,9 @@ from interscale.pp._validate import (
     get_coordinates,
     get_library_codes,
 )
+
+if TYPE_CHECKING:
+    from interscale.config import Config
 
 
 def _check_n_neighs(n_neighs: object) -> int:
@@ -108,6 +113,21 @@ def spatial_neighbors(
         If ``radius`` is not a number or ``n_neighs`` not an int, or ``adata`` is a view.
     """
     check_not_view(adata, "spatial_neighbors")
+    codes, _ = get_library_codes(adata, library_key)
+    connectivities, distances = _neighbor_matrices(adata, codes, radius, n_neighs, spatial_key)
+    _write_graph(
+        adata, connectivities, distances, key_added, radius, n_neighs, library_key, spatial_key
+    )
+
+
+def _neighbor_matrices(
+    adata: ad.AnnData,
+    codes: np.ndarray,
+    radius: float | None,
+    n_neighs: int | None,
+    spatial_key: str,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Connectivities and distances of the per-library graph (``codes``: library per cell)."""
     if (radius is None) == (n_neighs is None):
         raise ValueError("give exactly one of radius and n_neighs")
     if radius is not None:
@@ -115,8 +135,7 @@ def spatial_neighbors(
     else:
         n_neighs = _check_n_neighs(n_neighs)
     coords = get_coordinates(adata, spatial_key)
-    codes, libraries = get_library_codes(adata, library_key)
-    n_libraries = len(libraries)
+    n_libraries = int(codes.max()) + 1 if codes.size else 0
     check_finite_coordinates(coords, spatial_key)
 
     n = adata.n_obs
@@ -147,7 +166,19 @@ def spatial_neighbors(
     )
     distances.has_sorted_indices = True
     connectivities.has_sorted_indices = True
+    return connectivities, distances
 
+
+def _write_graph(
+    adata: ad.AnnData,
+    connectivities: sp.csr_matrix,
+    distances: sp.csr_matrix,
+    key_added: str,
+    radius: float | None,
+    n_neighs: int | None,
+    library_key: str | None,
+    spatial_key: str,
+) -> None:
     conn_key, dist_key = f"{key_added}_connectivities", f"{key_added}_distances"
     adata.obsp[conn_key] = connectivities
     adata.obsp[dist_key] = distances
@@ -156,12 +187,86 @@ def spatial_neighbors(
         "distances_key": dist_key,
         "params": {
             "method": "radius" if radius is not None else "knn",
-            "radius": radius,
+            "radius": None if radius is None else float(radius),
             "n_neighs": n_neighs,
             "library_key": library_key,
             "spatial_key": spatial_key,
         },
     }
+
+
+def spatial_graph_from_config(
+    adata: ad.AnnData,
+    cfg: Config,
+    sample_keys: Sequence[str] | None = None,
+    *,
+    key_added: str | None = "spatial",
+) -> sp.csr_matrix:
+    """Build the spatial graph that ``cfg.dataset.spatial_neighbors_kwargs`` describes.
+
+    This is the one place where a configuration becomes a graph: the model (for an AnnData
+    without ``obsp["spatial_connectivities"]``) and the command line both call it, so both honour
+    ``radius``/``n_neighs``, ``library_key`` and ``spatial_key`` alike.
+
+    Parameters
+    ----------
+    adata
+        Cells with coordinates in ``obsm[spatial_key]``.
+    cfg
+        The configuration.
+    sample_keys
+        obs column(s) whose combination names each sample, used to separate samples when the
+        config sets no ``library_key`` (default: ``cfg.dataset.sample_key``).
+    key_added
+        Write the graph as :func:`spatial_neighbors` does under this prefix; ``None`` leaves
+        ``adata`` untouched and only returns the graph.
+
+    Returns
+    -------
+    The cells x cells connectivities (CSR float32, symmetric, no self loops).
+
+    Raises
+    ------
+    KeyError
+        If the coordinates or a sample/library column are missing.
+    ValueError
+        If no column separates the samples, or on invalid coordinates.
+    """
+    kw = cfg.dataset.spatial_neighbors_kwargs
+    if kw.library_key is not None:
+        library_key = kw.library_key
+        codes, _ = obs_column_codes(
+            adata, library_key, "dataset.spatial_neighbors_kwargs.library_key"
+        )
+    else:
+        keys = list(cfg.dataset.sample_key if sample_keys is None else sample_keys)
+        if not keys:
+            raise ValueError(
+                "spatial_graph_from_config: no column separates the samples; set "
+                "dataset.sample_key or dataset.spatial_neighbors_kwargs.library_key"
+            )
+        for key in keys:
+            obs_column_codes(adata, key, "sample key")
+        labels = adata.obs[keys].astype(str).agg("|".join, axis=1)
+        codes = pd.factorize(labels, sort=True)[0].astype(np.int64)
+        library_key = keys[0] if len(keys) == 1 else None
+    if key_added is not None:
+        check_not_view(adata, "spatial_graph_from_config")
+    connectivities, distances = _neighbor_matrices(
+        adata, codes, kw.radius, kw.n_neighs, kw.spatial_key
+    )
+    if key_added is not None:
+        _write_graph(
+            adata,
+            connectivities,
+            distances,
+            key_added,
+            kw.radius,
+            kw.n_neighs,
+            library_key,
+            kw.spatial_key,
+        )
+    return connectivities
 
 
 def neighborhood_stats(

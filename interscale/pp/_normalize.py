@@ -6,20 +6,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from interscale.pp._validate import check_not_view, check_positive_number
-
-
-def _get_matrix(adata: ad.AnnData, layer: str | None):
-    if layer is None:
-        if adata.X is None:
-            raise ValueError("adata.X is None; pass the layer holding the counts")
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(
-            f"layer {layer!r} not found in adata.layers "
-            f"(available layers: {sorted(adata.layers.keys())}); use layer=None for adata.X"
-        )
-    return adata.layers[layer]
+from interscale.pp._validate import check_not_view, check_positive_number, get_layer
 
 
 def normalize(
@@ -63,7 +50,7 @@ def normalize(
     check_not_view(adata, "normalize")
     if target_sum is not None:
         target_sum = check_positive_number(target_sum, "target_sum")
-    mat = _get_matrix(adata, layer)
+    mat = get_layer(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if sp.issparse(mat):
         mat = sp.csr_matrix(mat)  # copies only if not CSR already

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from interscale.pp._normalize import _get_matrix
-from interscale.pp._validate import check_counts, check_not_view, get_coordinates
+from interscale.pp._validate import check_counts, check_not_view, get_coordinates, get_layer
 
 
 def _unique_names(names: pd.Index) -> np.ndarray:
@@ -87,7 +86,7 @@ def qc(
     if inplace:
         check_not_view(adata, "qc")
     coords = get_coordinates(adata, spatial_key)
-    counts = _get_matrix(adata, layer)
+    counts = get_layer(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts.data if sp.issparse(counts) else np.asarray(counts), where, "qc")
     bad_coords = ~np.isfinite(coords).all(axis=1)

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
-import pandas as pd
+
+from interscale._anndata import check_not_view, layer_matrix, obs_column_codes
+
+__all__ = [
+    "check_counts",
+    "check_finite_coordinates",
+    "check_not_view",
+    "check_positive_number",
+    "get_coordinates",
+    "get_layer",
+    "get_library_codes",
+]
 
 
-def check_not_view(adata: ad.AnnData, what: str) -> None:
-    """Raise a TypeError for an AnnData view: writing into it would silently copy it."""
-    if getattr(adata, "is_view", False):
-        raise TypeError(
-            f"{what}: adata is a view of another AnnData; results written into a view are lost "
-            "(anndata turns it into a copy), so pass adata[mask].copy()"
-        )
+def get_layer(adata: ad.AnnData, layer: str | None):
+    """Return the counts ``adata.layers[layer]`` (``adata.X`` for ``None``).
+
+    Raises
+    ------
+    KeyError
+        If ``layer`` is not in ``adata.layers`` (the message lists the available ones).
+    ValueError
+        If ``layer`` is None and ``adata.X`` is None.
+    """
+    matrix = layer_matrix(adata, layer)
+    if matrix is None:
+        raise ValueError("adata.X is None; pass the layer holding the counts")
+    return matrix
 
 
 def check_counts(values: np.ndarray, where: str, what: str) -> None:
@@ -69,16 +87,7 @@ def get_library_codes(adata: ad.AnnData, library_key: str | None) -> tuple[np.nd
     """
     if library_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), ["all"]
-    if library_key not in adata.obs.columns:
-        raise KeyError(
-            f"library_key {library_key!r} not found in adata.obs "
-            f"(available columns: {list(adata.obs.columns)})"
-        )
-    col = adata.obs[library_key]
-    if col.isna().any():
-        raise ValueError(f"adata.obs[{library_key!r}] has {int(col.isna().sum())} missing values")
-    codes, uniques = pd.factorize(col, sort=True)
-    return codes.astype(np.int64), [str(u) for u in uniques]
+    return obs_column_codes(adata, library_key, what="library_key")
 
 
 def check_positive_number(value: object, name: str) -> float:

@@ -12,14 +12,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from interscale.datasets._gene_sets import (
-    _load_cached,
-    _resolve_library,
-    gene_set_libraries,
-    read_gmt,
-)
+from interscale.datasets import gene_set_libraries, gene_set_release, load_gene_sets, read_gmt
 
-__all__ = ["enrich"]
+__all__ = ["empty_enrichment", "enrich"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +75,7 @@ def _encode(items: Iterable[tuple[str, Sequence[str]]]) -> _Encoded:
 
 @functools.lru_cache(maxsize=4)
 def _encoded_shipped(versioned: str) -> _Encoded:
-    return _encode(_load_cached(versioned))
+    return _encode(load_gene_sets(versioned).items())
 
 
 def _load_library(
@@ -96,7 +91,7 @@ def _load_library(
                 f"organism {organism!r} has no shipped gene-set library; supported: "
                 f"{', '.join(_SUPPORTED_ORGANISMS)} (pass your own gene_sets for other species)"
             )
-        versioned, _ = _resolve_library(gene_sets)
+        versioned = gene_set_release(gene_sets)
         return versioned, _encoded_shipped(versioned)
     if isinstance(gene_sets, str | os.PathLike):
         path = os.fspath(gene_sets)
@@ -121,7 +116,7 @@ def _load_library(
 def _shipped_names() -> set[str]:
     names = set(gene_set_libraries())
     for name in list(names):
-        names.add(_resolve_library(name)[0])
+        names.add(gene_set_release(name))
     return names
 
 
@@ -138,7 +133,18 @@ def _background_genes(background: Any, library: _Encoded) -> tuple[pd.Index, str
     return pd.Index(genes.unique(), dtype=object), source
 
 
-def _empty_result() -> pd.DataFrame:
+def empty_enrichment() -> pd.DataFrame:
+    """The table :func:`enrich` returns when no gene set is hit: its columns, no rows.
+
+    For reports that write an enrichment table even when there was no gene to test.
+
+    Returns
+    -------
+    pandas.DataFrame
+        No rows; the columns of :func:`enrich` (``Gene_set``, ``Term``, ``Overlap``,
+        ``P-value``, ``Adjusted P-value``, ``Odds Ratio``, ``Combined Score``, ``Genes``),
+        the p-values and scores as float64, the others as object.
+    """
     numeric = {"P-value", "Adjusted P-value", "Odds Ratio", "Combined Score"}
     return pd.DataFrame(
         {c: pd.Series(dtype=float if c in numeric else object) for c in RESULT_COLUMNS}
@@ -296,7 +302,7 @@ def enrich(
     if not in_query[kept_genes].any():
         # Nothing to test; gseapy would log an error and return no table.
         logger.info("enrich: no tested gene set contains a gene of gene_list")
-        return _with_attrs(_empty_result(), label, bg_source, n_bg, len(q_pos), missing, keep)
+        return _with_attrs(empty_enrichment(), label, bg_source, n_bg, len(q_pos), missing, keep)
 
     import gseapy  # slow to import (~2 s); only needed here
 
@@ -316,7 +322,7 @@ def enrich(
         enr.close()
 
     if not isinstance(raw, pd.DataFrame) or raw.empty:
-        return _with_attrs(_empty_result(), label, bg_source, n_bg, len(q_pos), missing, keep)
+        return _with_attrs(empty_enrichment(), label, bg_source, n_bg, len(q_pos), missing, keep)
     result = raw.loc[:, RESULT_COLUMNS].copy()
     display = dict(zip(tokens[q_pos], shown, strict=True))
     result["Gene_set"] = label

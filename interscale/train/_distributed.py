@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from interscale.names import STRATEGIES
+
 __all__ = [
     "STRATEGIES",
     "DistContext",
@@ -27,10 +29,9 @@ __all__ = [
     "env_world",
     "resolve_strategy",
     "setup_distributed",
+    "single_process",
     "teardown_distributed",
 ]
-
-STRATEGIES = ("single", "ddp")
 
 _LAUNCH_HINT = (
     "launch one process per device with torchrun, e.g. "
@@ -54,6 +55,9 @@ class DistContext:
         The device of the tensors handed to collectives (CUDA for ``nccl``, CPU otherwise).
     owns_group
         Whether :func:`setup_distributed` created the process group (and so destroys it).
+    distributed
+        False for the one process of :func:`single_process`: the collectives then return their
+        input without touching ``torch.distributed``.
     """
 
     rank: int
@@ -62,6 +66,7 @@ class DistContext:
     device: torch.device
     comm_device: torch.device
     owns_group: bool
+    distributed: bool = True
 
     @property
     def is_main(self) -> bool:
@@ -203,6 +208,11 @@ def setup_distributed(device: torch.device) -> DistContext:
     return DistContext(rank, world, local_rank, device, comm_device, owns)
 
 
+def single_process(device: torch.device) -> DistContext:
+    """The context of one process training alone: rank 0 of a world of one, no process group."""
+    return DistContext(0, 1, 0, device, torch.device("cpu"), owns_group=False, distributed=False)
+
+
 def teardown_distributed(ctx: DistContext) -> None:
     """Destroy the process group if :func:`setup_distributed` created it."""
     if ctx.owns_group and dist.is_initialized():
@@ -212,12 +222,15 @@ def teardown_distributed(ctx: DistContext) -> None:
 def all_reduce_tensor(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum ``values`` over the ranks; returns a new float64 CPU tensor of the same shape."""
     buffer = values.detach().to(device=ctx.comm_device, dtype=torch.float64).clone()
-    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    if ctx.distributed:
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
     return buffer.cpu()
 
 
 def broadcast_flags(flags: Sequence[bool], ctx: DistContext) -> tuple[bool, ...]:
     """Rank 0's booleans, on every rank (decisions such as early stopping must agree)."""
+    if not ctx.distributed:
+        return tuple(bool(f) for f in flags)
     buffer = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int64, device=ctx.comm_device)
     dist.broadcast(buffer, src=0)
     return tuple(bool(v) for v in buffer.cpu().tolist())
@@ -225,6 +238,8 @@ def broadcast_flags(flags: Sequence[bool], ctx: DistContext) -> tuple[bool, ...]
 
 def broadcast_object(obj, ctx: DistContext):
     """Rank 0's picklable object, on every rank (other ranks' ``obj`` is ignored)."""
+    if not ctx.distributed:
+        return obj
     holder = [obj if ctx.is_main else None]
     dist.broadcast_object_list(holder, src=0, device=ctx.comm_device)
     return holder[0]
@@ -232,6 +247,8 @@ def broadcast_object(obj, ctx: DistContext):
 
 def barrier(ctx: DistContext) -> None:
     """Wait until every rank gets here."""
+    if not ctx.distributed:
+        return
     if ctx.comm_device.type == "cuda":
         dist.barrier(device_ids=[ctx.comm_device.index])
     else:

@@ -7,9 +7,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from interscale.names import REGRESSION_LOSSES
+
 __all__ = ["LOSSES", "make_loss"]
 
-LOSSES = ("SmoothL1", "MSELoss", "GaussianNLL")
+#: The losses :func:`make_loss` builds, :data:`interscale.names.REGRESSION_LOSSES` (this name is
+#: kept for imports).
+LOSSES = REGRESSION_LOSSES
 
 
 # Floor of the per-cell variance: an empty (zero-count) cell has a flat profile, and a tiny variance
@@ -27,22 +31,33 @@ def _gaussian_nll(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.gaussian_nll_loss(pred, target, var, eps=1e-6)
 
 
+# One loss per name of ``interscale.names.REGRESSION_LOSSES`` (tests/test_names.py checks it).
+_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "GaussianNLL": _gaussian_nll,
+    "MSELoss": F.mse_loss,
+    "SmoothL1": F.smooth_l1_loss,
+}
+
+
 def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Return the loss function called ``name``.
 
     Parameters
     ----------
     name
-        One of ``"SmoothL1"``, ``"MSELoss"``, ``"GaussianNLL"``.
+        One of :data:`interscale.names.REGRESSION_LOSSES`: ``"GaussianNLL"``, ``"MSELoss"``,
+        ``"SmoothL1"``.
 
     Returns
     -------
-    A function ``(prediction, target) -> scalar``, averaged over cells and genes.
+    callable
+        A function ``(prediction, target) -> scalar``, averaged over cells and genes.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a regression loss (the message lists them).
     """
-    if name == "SmoothL1":
-        return F.smooth_l1_loss
-    if name == "MSELoss":
-        return F.mse_loss
-    if name == "GaussianNLL":
-        return _gaussian_nll
-    raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSSES)}")
+    if name not in REGRESSION_LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {list(REGRESSION_LOSSES)}")
+    return _LOSSES[name]
