@@ -19,6 +19,7 @@ from anndata import AnnData
 
 from interscale._anndata import check_not_view, obs_column_codes
 from interscale.evaluation._utils import _CONSTANT_RTOL, _get_matrix, _Moments
+from interscale.names import Key
 
 # Rows of features processed at once hold about this many float64 values (32 MiB).
 _FEATURE_CHUNK_VALUES = 1 << 22
@@ -305,7 +306,7 @@ def linear_baselines(
     split_key: str = "split",
     hops: Sequence[int] = (1, 2),
     alpha: float | Sequence[float] | None = None,
-    connectivity_key: str = "spatial_connectivities",
+    connectivity_key: str = Key.obsp.spatial_connectivities(),
     *,
     train: str = "train",
     heldout: Sequence[str] = ("val", "test"),

@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from interscale._plotting import draw_gene_by_dim_heatmap, finish
 from interscale.evaluation._utils import _column_stats, _embedding, _get_matrix, _safe_corr
+from interscale.names import Key
 
 
 def _loadings(adata: AnnData, s_key: str, *, what: str) -> np.ndarray:
@@ -32,7 +33,7 @@ def _loadings(adata: AnnData, s_key: str, *, what: str) -> np.ndarray:
 def calculate_dim_importance(
     adata: AnnData,
     s_key: str = "_global_std_gene_loadings",
-    z_key: str = "_global_emb",
+    z_key: str = Key.obsm.embedding("global"),
     mode: Literal["full", "diag"] = "full",
     use_ratio: bool = True,
     cumulative_cutoff: float | None = 0.90,

@@ -8,12 +8,13 @@ import numpy as np
 from anndata import AnnData
 
 from interscale.evaluation._utils import _embedding, _safe_corr
+from interscale.names import Key
 
 
 def latent_rank_report(
     adata: AnnData,
     *,
-    z_key: str = "_global_emb",
+    z_key: str = Key.obsm.embedding("global"),
     center: bool = True,
     scale: bool = False,
     rtol: float = 1e-7,
@@ -78,7 +79,9 @@ def latent_rank_report(
     }
 
 
-def latent_correlation_matrix(adata: AnnData, *, z_key: str = "_global_emb") -> np.ndarray:
+def latent_correlation_matrix(
+    adata: AnnData, *, z_key: str = Key.obsm.embedding("global")
+) -> np.ndarray:
     """Pearson correlation between the dimensions of an embedding.
 
     What :func:`interscale.pl.latent_correlation` draws. Rows of the embedding that are not

@@ -9,6 +9,7 @@ from anndata import AnnData
 
 from interscale._anndata import check_not_view
 from interscale.evaluation._utils import _column_stats, _embedding, _get_matrix
+from interscale.names import Key
 
 
 def _core_module(model: Any) -> Any:
@@ -86,8 +87,8 @@ def gene_loadings(
     adata: AnnData,
     model: Any,
     layer_key: str,
-    local_latent_key: str = "_local_emb",
-    global_latent_key: str = "_global_emb",
+    local_latent_key: str = Key.obsm.embedding("local"),
+    global_latent_key: str = Key.obsm.embedding("global"),
     local_varm_key: str = "_local_std_gene_loadings",
     global_varm_key: str = "_global_std_gene_loadings",
     eps: float = 1e-8,

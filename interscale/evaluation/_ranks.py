@@ -18,6 +18,7 @@ from interscale.evaluation._resample import (
     select_cells,
 )
 from interscale.evaluation._utils import _chunk_rows, _get_matrix, _Moments, _row_chunks
+from interscale.names import HEADS
 
 RANK_COLUMNS = [
     "gene",
@@ -347,7 +348,7 @@ def driven_genes(
         ``which`` is not ``"local"``/``"global"``, ``n`` < 0 or ``margin`` is not finite.
     """
     what = "driven_genes"
-    if which not in ("local", "global"):
+    if which not in HEADS:
         raise ValueError(f"{what}: which must be 'local' or 'global', got {which!r}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
         raise ValueError(f"{what}: n must be None or an integer >= 0, got {n!r}")

@@ -13,10 +13,11 @@ import pandas as pd
 
 from interscale._anndata import read_setup
 from interscale._io import atomic_file, atomic_write_text
+from interscale.names import HEADS, Key
 
 __all__ = ["evaluate_to_folder"]
 
-_HEADS = ("local", "global")
+_HEADS = HEADS
 
 
 def _write_csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
@@ -148,10 +149,10 @@ def evaluate_to_folder(
     layer = (read_setup(adata) or {}).get("layer_key")
     if not layer:
         raise KeyError(f"{h5ad}: uns['interscale']['layer_key'] missing; run get_model_output")
-    for key in ("_y_pred_local", "_y_pred_global"):
+    for key in (Key.layers.y_pred(h) for h in HEADS):
         if key not in adata.layers:
             raise KeyError(f"{h5ad}: layer {key!r} missing; run get_model_output first")
-    for key in ("_local_emb", "_global_emb"):
+    for key in (Key.obsm.embedding(h) for h in HEADS):
         if key not in adata.obsm:
             raise KeyError(f"{h5ad}: obsm {key!r} missing; run get_model_output first")
 
@@ -169,8 +170,8 @@ def evaluate_to_folder(
     split_key = _split_key_of(adata)
     ranks = calculate_gene_ranks(
         adata,
-        layers_local_pred="_y_pred_local",
-        layers_global_pred="_y_pred_global",
+        layers_local_pred=Key.layers.y_pred("local"),
+        layers_global_pred=Key.layers.y_pred("global"),
         cells=report_cells(adata, cells, split_key),
         split_key=split_key,
         n_boot=n_boot,

@@ -15,6 +15,7 @@ from scipy.stats import rankdata
 
 from interscale._anndata import obs_column_codes, read_setup
 from interscale.evaluation._utils import _chunk_rows, _row_chunks
+from interscale.names import HEADS
 
 # Whole samples are resampled when the scored cells come from at least this many samples;
 # with fewer, a resample of samples has too few distinct outcomes and cells are resampled.
@@ -324,7 +325,7 @@ def bootstrap_gene_r2(
             r2_heads[h].append(r2)
     r2_all = [np.concatenate(parts, axis=0) for parts in r2_heads]
     out: dict[str, np.ndarray] = {}
-    for name, r2 in zip(("local", "global"), r2_all, strict=True):
+    for name, r2 in zip(HEADS, r2_all, strict=True):
         out[f"r2_{name}_lo"], out[f"r2_{name}_hi"] = _percentiles(r2, ci)
     diff = _rank_nan_last_rows(r2_all[0]) - _rank_nan_last_rows(r2_all[1])
     out["rank_difference_lo"], out["rank_difference_hi"] = _percentiles(diff, ci)

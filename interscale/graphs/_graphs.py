@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from interscale.graphs._plan import GraphPlan
 from interscale.graphs._types import GraphBatch, SampleGraph
+from interscale.names import Key
 
 __all__ = ["anndata_to_graphs", "batch_groups", "iter_graphs", "iterate_batches"]
 
@@ -20,7 +21,7 @@ def anndata_to_graphs(
     layer_key: str | None,
     sample_keys: Sequence[str],
     split_key: str | None = "split",
-    connectivity_key: str = "spatial_connectivities",
+    connectivity_key: str = Key.obsp.spatial_connectivities(),
     features: np.ndarray | None = None,
     halo_key: str | None = None,
 ) -> list[SampleGraph]:
@@ -77,7 +78,7 @@ def iter_graphs(
     layer_key: str | None,
     sample_keys: Sequence[str],
     split_key: str | None = "split",
-    connectivity_key: str = "spatial_connectivities",
+    connectivity_key: str = Key.obsp.spatial_connectivities(),
     features: np.ndarray | None = None,
     halo_key: str | None = None,
 ) -> Iterator[SampleGraph]:

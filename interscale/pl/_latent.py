@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from interscale._plotting import draw_gene_by_dim_heatmap, finish, new_axes
 from interscale.evaluation import latent_correlation_matrix
+from interscale.names import Key
 
 
 def _leaf_order(c: np.ndarray, method: str, metric: str) -> tuple[np.ndarray | None, list[int]]:
@@ -35,7 +36,7 @@ def _leaf_order(c: np.ndarray, method: str, metric: str) -> tuple[np.ndarray | N
 def latent_correlation(
     adata: AnnData,
     *,
-    z_key: str = "_global_emb",
+    z_key: str = Key.obsm.embedding("global"),
     vmax: float = 1.0,
     cmap: str = "BrBG_r",
     figsize: tuple[float, float] = (6, 6),

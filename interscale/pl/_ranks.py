@@ -11,6 +11,7 @@ import pandas as pd
 
 from interscale._plotting import finish, new_axes, require_columns
 from interscale.evaluation import driven_genes
+from interscale.names import HEADS
 
 _INTERVAL_COLUMNS = ("rank_difference_lo", "rank_difference_hi")
 
@@ -186,8 +187,7 @@ def gene_ranks(
     else:
         claim = {"n": top_n, "margin": margin, "require_interval": require_interval}
         top_local, top_global = (
-            _rows_of(merged_df, driven_genes(merged_df, which=which, **claim))
-            for which in ("local", "global")
+            _rows_of(merged_df, driven_genes(merged_df, which=which, **claim)) for which in HEADS
         )
         names = tuple(
             f"Claimed {which}-driven" + ("" if len(sub) else ": none")
