@@ -188,7 +188,7 @@ TRAINING = _nb(
     [
         code(
             "import anndata as ad\n\n"
-            "from interscale.cli import heldout_r2\n"
+            "from interscale.evaluation import heldout_r2\n"
             "from interscale.config import load_config, with_overrides\n\n"
             'cfg = with_overrides(load_config(config_path), {**config_overrides, "optim.n_epochs": epochs})\n'
             "isc.tl.set_full_reproducibility(cfg.optim.seed)\n"
@@ -425,7 +425,7 @@ ATTENTION = _nb(
     [
         code(
             "import anndata as ad\n\n"
-            "from interscale.cli import heldout_r2\n"
+            "from interscale.evaluation import heldout_r2\n"
             "from interscale.config import load_config, with_overrides\n"
             "from interscale.evaluation import calculate_gene_ranks\n\n"
             'adata = ad.read_h5ad(data_dir / "trained.h5ad")\n'

@@ -72,7 +72,7 @@ from ._model import (
 )
 from ._optim import OptimConfig
 from ._schema import Config, WandbConfig, config_from_dict, with_overrides
-from ._yaml import load_config, save_config
+from ._yaml import load_config, save_config, tutorial_config
 
 __all__ = [
     "ACCELERATORS",
@@ -100,6 +100,7 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "save_config",
+    "tutorial_config",
     "with_overrides",
 ]
 

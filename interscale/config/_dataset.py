@@ -10,6 +10,7 @@ from ._aliases import DATASET_KEY_ALIASES
 from ._checks import (
     ConfigError,
     ConfigTypeError,
+    _as_bool,
     _as_choice,
     _as_float,
     _as_int,
@@ -48,6 +49,10 @@ class SpatialNeighborsConfig(_Section):
         means the sample keys (``dataset.sample_key``).
     spatial_key
         obsm key of the coordinates (default ``"spatial"``).
+    rebuild
+        Build the graph from these settings even when ``obsp["spatial_connectivities"]``
+        exists (e.g. from ``squidpy.gr.spatial_neighbors``); ``False`` (default) uses a stored
+        graph as it is, and the model says which graph it used (``model.graph_source_``).
     """
 
     _PATH: ClassVar[str] = "dataset.spatial_neighbors_kwargs"
@@ -57,6 +62,7 @@ class SpatialNeighborsConfig(_Section):
     coord_type: str | None = "generic"
     library_key: str | None = None
     spatial_key: str = "spatial"
+    rebuild: bool = False
 
     @classmethod
     def _prepare(cls, kwargs: dict[str, Any]) -> None:
@@ -91,6 +97,7 @@ class SpatialNeighborsConfig(_Section):
         _as_str(self.spatial_key, f"{p}.spatial_key")
         if not self.spatial_key:
             raise ConfigError(f"{p}.spatial_key must not be empty")
+        _as_bool(self.rebuild, f"{p}.rebuild")
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,10 @@ class DatasetConfig(_Section):
         ``"node"`` (default) or ``"graph"``.
     layer_key
         Layer the model reads and predicts; ``None`` (default) means ``.X``.
+    counts_layer
+        Where ``interscale train`` finds the counts it normalises into ``layer_key`` when that
+        layer is missing: ``"auto"`` (default: ``layers["counts"]``, else ``layers["raw"]``,
+        else ``X``), ``"X"``, or a layer name.
     sample_key
         obs columns whose value combinations define the samples (one graph each); a single
         string is accepted and wrapped (default ``()``). Early published versions called this
@@ -127,14 +138,17 @@ class DatasetConfig(_Section):
     batch_size
         Graphs (samples) per batch, >= 1 (default 32).
     train_size, val_size, test_size
-        Compatibility only (defaults 0.7, 0.2, 0.1); each in [0, 1] with
+        Shares of whole samples that ``interscale train`` assigns to train / val / test with
+        :func:`interscale.pp.split_samples` (seed ``optim.seed``) when the data has no
+        ``split_key`` column (defaults 0.7, 0.2, 0.1); each in [0, 1] with
         ``train_size + val_size <= 1``.
     num_features, num_classes
         Compatibility only (default -1; the published code filled them in at run time).
     k_folds
         Compatibility only (default 0).
     stratify_group
-        Compatibility only (default ``None``).
+        obs column (constant within each sample) that such a split is stratified by (default
+        ``None``).
     pct_mask_nodes
         Fraction of the cells of every graph masked at each training step, in (0, 1)
         (default 0.2).
@@ -162,6 +176,7 @@ class DatasetConfig(_Section):
     prediction_obs: str | None = None
     prediction_level: str = "node"
     layer_key: str | None = None
+    counts_layer: str = "auto"
     sample_key: tuple[str, ...] = ()
     group_label: str | None = None
     split_key: str = "split"
@@ -187,6 +202,9 @@ class DatasetConfig(_Section):
         for name in ("stratify_group", "obs_split"):
             _set(self, name, _as_opt_str(getattr(self, name), f"{p}.{name}"))
         _as_str(self.name, f"{p}.name")
+        _as_str(self.counts_layer, f"{p}.counts_layer")
+        if not self.counts_layer:
+            raise ConfigError(f"{p}.counts_layer must not be empty (use 'auto' or 'X')")
         _as_str(self.description, f"{p}.description")
         _as_choice(self.prediction_task, f"{p}.prediction_task", ("regression", "classification"))
         _as_choice(self.prediction_level, f"{p}.prediction_level", ("node", "graph"))

@@ -125,3 +125,18 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
     atomic_write_text(text, p)
     return p
+
+
+def tutorial_config() -> Config:
+    """The configuration of the tutorials and the main job, shipped with the package.
+
+    It is ``config_files/synthetic_example.yaml`` of the repository (a test keeps the two
+    identical) and the defaults of ``interscale train --h5ad FILE`` without ``--config``.
+
+    Returns
+    -------
+    Config
+        The frozen, validated configuration.
+    """
+    path = Path(__file__).with_name("tutorial.yaml")
+    return load_config(path)

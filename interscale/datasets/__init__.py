@@ -11,6 +11,7 @@ from interscale.datasets._gene_sets import (
 )
 from interscale.datasets._legnini import default_cache_dir, legnini, read_transcripts
 from interscale.datasets._synthetic import synthetic_organoids
+from interscale.datasets._user_shaped import user_shaped_organoids
 
 __all__ = [
     "default_cache_dir",
@@ -21,4 +22,5 @@ __all__ = [
     "read_gmt",
     "read_transcripts",
     "synthetic_organoids",
+    "user_shaped_organoids",
 ]

@@ -1,4 +1,4 @@
-"""Preprocessing: normalisation, quality control and per-sample spatial neighbour graphs."""
+"""Preprocessing: normalisation, quality control, sample splits and spatial neighbour graphs."""
 
 from interscale.pp._neighbors import (
     neighborhood_stats,
@@ -7,6 +7,7 @@ from interscale.pp._neighbors import (
 )
 from interscale.pp._normalize import normalize
 from interscale.pp._qc import qc
+from interscale.pp._split import split_samples
 from interscale.pp._tile import tile
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "qc",
     "spatial_graph_from_config",
     "spatial_neighbors",
+    "split_samples",
     "tile",
 ]

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from interscale.pp._validate import check_counts, check_not_view, get_coordinates, get_layer
+from interscale.pp._validate import (
+    check_counts,
+    check_not_view,
+    get_coordinates,
+    get_layer,
+    resolve_counts_layer,
+)
 
 
 def _unique_names(names: pd.Index) -> np.ndarray:
@@ -37,7 +43,7 @@ def _unique_names(names: pd.Index) -> np.ndarray:
 def qc(
     adata: ad.AnnData,
     spatial_key: str = "spatial",
-    layer: str | None = "raw",
+    layer: str | None = "auto",
     remove: bool = True,
     inplace: bool = True,
 ) -> dict | tuple[ad.AnnData, dict]:
@@ -58,7 +64,8 @@ def qc(
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     layer
-        Layer holding the counts; ``None`` uses ``adata.X``.
+        Layer holding the counts: ``"auto"`` (default) takes ``layers["counts"]``, else
+        ``layers["raw"]``, else ``adata.X``; ``"X"`` or ``None`` uses ``adata.X``.
     remove
         If True, drop the cells with bad coordinates or zero counts. If False, keep them and
         flag them in ``obs["qc_nonfinite_coords"]`` and ``obs["qc_zero_count"]``.
@@ -86,8 +93,8 @@ def qc(
     if inplace:
         check_not_view(adata, "qc")
     coords = get_coordinates(adata, spatial_key)
+    layer, where = resolve_counts_layer(adata, layer)
     counts = get_layer(adata, layer)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts.data if sp.issparse(counts) else np.asarray(counts), where, "qc")
     bad_coords = ~np.isfinite(coords).all(axis=1)
     totals = (

@@ -15,7 +15,35 @@ __all__ = [
     "get_coordinates",
     "get_layer",
     "get_library_codes",
+    "resolve_counts_layer",
 ]
+
+#: Where ``layer="auto"`` looks for counts, in this order (then ``adata.X``).
+COUNT_LAYERS = ("counts", "raw")
+
+
+def resolve_counts_layer(adata: ad.AnnData, layer: str | None) -> tuple[str | None, str]:
+    """The layer holding counts (``None`` for ``X``) and how to name it in messages.
+
+    ``"auto"`` takes ``layers["counts"]`` (scanpy's habit), else ``layers["raw"]``, else
+    ``adata.X``; any other string must be a layer; ``"X"`` and ``None`` mean ``adata.X``.
+    """
+    if layer == "auto":
+        layer = next((name for name in COUNT_LAYERS if name in adata.layers), None)
+    elif layer == "X":
+        layer = None
+    return layer, "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def check_integer_counts(values: np.ndarray, where: str, what: str) -> None:
+    """Raise a ValueError naming ``check_counts=False`` when values are not whole numbers."""
+    if values.size and not np.array_equal(values, np.round(values)):
+        frac = values[values != np.round(values)]
+        raise ValueError(
+            f"{what}: {where} does not look like counts ({frac.size} non-integer values, e.g. "
+            f"{float(frac[0]):.4g}); pass the layer holding raw counts (layer=...), or "
+            "check_counts=False if these values are meant to be normalised as they are"
+        )
 
 
 def get_layer(adata: ad.AnnData, layer: str | None):
