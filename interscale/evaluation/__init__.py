@@ -1,11 +1,16 @@
 """Gene-level evaluation: which genes each scale predicts, loadings, latent dimensions."""
 
 from interscale.evaluation._baselines import linear_baselines
+from interscale.evaluation._claims import auroc_rank_difference, driven_genes
 from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
 from interscale.evaluation._heldout import auroc_with_reason, heldout_r2, report_cells
 from interscale.evaluation._latent import latent_correlation_matrix, latent_rank_report
 from interscale.evaluation._loadings import gene_loadings
-from interscale.evaluation._ranks import auroc_rank_difference, calculate_gene_ranks, driven_genes
+from interscale.evaluation._ranks import (
+    calculate_gene_ranks,
+    gene_ranks_from_model,
+    gene_ranks_from_r2,
+)
 from interscale.evaluation._report import evaluate_to_folder
 
 __all__ = [
@@ -16,6 +21,8 @@ __all__ = [
     "driven_genes",
     "evaluate_to_folder",
     "gene_loadings",
+    "gene_ranks_from_model",
+    "gene_ranks_from_r2",
     "get_genes_dim",
     "heldout_r2",
     "latent_correlation_matrix",

@@ -10,7 +10,8 @@ import pandas as pd
 from anndata import AnnData
 
 from interscale._anndata import read_setup
-from interscale.evaluation._ranks import auroc_rank_difference, r2_per_gene
+from interscale.evaluation._claims import auroc_rank_difference
+from interscale.evaluation._ranks import r2_per_gene
 from interscale.evaluation._resample import _split_names
 from interscale.evaluation._utils import _get_matrix
 

@@ -124,6 +124,7 @@ def evaluate_to_folder(
     # evaluation) and loads the model: it uses them through the lazy attributes of the
     # interscale package when it runs, so no module of evaluation imports pl or tl.
     import interscale as isc
+    from interscale.evaluation._claims import _claim_summary, _describe_cells, driven_genes
     from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
     from interscale.evaluation._heldout import (
         _describe,
@@ -133,12 +134,7 @@ def evaluate_to_folder(
     )
     from interscale.evaluation._latent import latent_rank_report
     from interscale.evaluation._loadings import gene_loadings
-    from interscale.evaluation._ranks import (
-        _claim_summary,
-        _describe_cells,
-        calculate_gene_ranks,
-        driven_genes,
-    )
+    from interscale.evaluation._ranks import calculate_gene_ranks
 
     h5ad = Path(h5ad)
     if not h5ad.is_file():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,9 +12,24 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.stats import rankdata
 
-from interscale._anndata import obs_column_codes, read_setup
+from interscale._anndata import (
+    CellSelection,
+    obs_column_codes,
+    read_setup,
+    select_cells,
+    split_names,
+)
 from interscale.evaluation._utils import _chunk_rows, _row_chunks
 from interscale.names import HEADS
+
+__all__ = [
+    "MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP",
+    "CellSelection",
+    "bootstrap_gene_r2",
+    "draw_counts",
+    "sample_units",
+    "select_cells",
+]
 
 # Whole samples are resampled when the scored cells come from at least this many samples;
 # with fewer, a resample of samples has too few distinct outcomes and cells are resampled.
@@ -34,85 +48,9 @@ _SS_TOT_RTOL = 1e-10
 _N_STATS = 4
 
 
-@dataclass
-class CellSelection:
-    """Rows of the scored cells (None: all, in order) and a description of them."""
-
-    rows: np.ndarray | None
-    label: str
-    n_cells: int
-
-
-def _split_names(cells: Any) -> list[str] | None:
-    """Split names requested by ``cells``, or None if ``cells`` is not a list of names."""
-    if isinstance(cells, str):
-        return [c.strip() for c in cells.split(",") if c.strip()]
-    if isinstance(cells, list | tuple) and all(isinstance(c, str) for c in cells):
-        return [c.strip() for c in cells if c.strip()]
-    if isinstance(cells, np.ndarray) and cells.dtype.kind == "U":
-        return [str(c).strip() for c in cells if str(c).strip()]
-    return None
-
-
-def select_cells(adata: AnnData, cells: Any, split_key: str, *, what: str) -> CellSelection:
-    """Resolve ``cells`` (None, ``"all"``, split names or a boolean mask) to scored rows.
-
-    Raises
-    ------
-    KeyError
-        ``split_key`` is not an obs column, or a split name does not occur in it.
-    ValueError
-        The selection is empty or the mask has the wrong length.
-    TypeError
-        ``cells`` is neither split names nor a boolean mask.
-    """
-    n_obs = adata.n_obs
-    if cells is None:
-        return CellSelection(None, "all", n_obs)
-    names = _split_names(cells)
-    if names is not None:
-        if not names:
-            raise ValueError(f"{what}: cells={cells!r} names no split")
-        names = list(dict.fromkeys(names))  # drop repeats, keep the order given
-        if names == ["all"]:
-            return CellSelection(None, "all", n_obs)
-        if "all" in names:
-            raise ValueError(f"{what}: 'all' cannot be combined with split names in cells")
-        if not isinstance(split_key, str) or split_key not in adata.obs.columns:
-            raise KeyError(
-                f"{what}: split column {split_key!r} not found in adata.obs (columns: "
-                f"{list(adata.obs.columns)}); pass split_key=<column> or a boolean mask as cells"
-            )
-        split = adata.obs[split_key].astype(str).to_numpy()
-        present = sorted(pd.unique(split))
-        unknown = [name for name in names if name not in present]
-        if unknown:
-            raise KeyError(
-                f"{what}: split name(s) {unknown} not found in adata.obs[{split_key!r}]; "
-                f"available: {present}"
-            )
-        mask = np.isin(split, names)
-        label = ",".join(names)
-    else:
-        values = cells.to_numpy() if isinstance(cells, pd.Series) else np.asarray(cells)
-        if values.dtype != np.bool_:
-            raise TypeError(
-                f"{what}: cells must be None, 'all', split names (e.g. ['val', 'test'] or "
-                f"'val,test') or a boolean mask over the cells, got {type(cells).__name__} "
-                f"of dtype {values.dtype}"
-            )
-        if values.ndim != 1 or values.shape[0] != n_obs:
-            raise ValueError(
-                f"{what}: the cells mask has shape {values.shape}, expected ({n_obs},) "
-                "(one entry per cell)"
-            )
-        mask = values
-        label = f"mask ({int(mask.sum())} cells)"
-    n_sel = int(mask.sum())
-    if n_sel == 0:
-        raise ValueError(f"{what}: cells={cells!r} selects no cells")
-    rows = None if n_sel == n_obs else np.flatnonzero(mask)
-    return CellSelection(rows, label, n_sel)
+# The cell selection lives in interscale._anndata, shared with the model's streaming gene
+# scores (interscale.model cannot import this package); its names stay importable from here.
+_split_names = split_names
 
 
 def sample_units(

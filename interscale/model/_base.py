@@ -3,10 +3,9 @@ checkpoints, each of which lives in its own module."""
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,9 @@ from interscale.model._checkpoint import (
     plain_value,
     write_checkpoint,
 )
-from interscale.model._inference import check_output_memory, infer, write_outputs
 from interscale.model._module import InterScaleModule, init_decoder_bias, module_from_config
-from interscale.model._setup import (
-    check_finite_layer,
-    check_same_genes,
-    check_unique_genes,
-    setup_anndata,
-    write_setup,
-)
+from interscale.model._outputs import model_gene_r2, model_output, record_outputs
+from interscale.model._setup import check_unique_genes, setup_anndata
 from interscale.model._training import TrainingMixin
 from interscale.names import Key
 from interscale.pp import spatial_graph_from_config
@@ -190,14 +183,15 @@ class BaseModel(TrainingMixin):
     def _spatial_graph(self, adata: AnnData):
         """The graph of ``adata`` and where it came from; never written into ``adata``.
 
-        A stored ``obsp["spatial_connectivities"]`` is used as it is (referred to by its key);
-        otherwise the config's graph is built in memory by
+        A stored ``obsp["spatial_connectivities"]`` is used as it is (referred to by its key)
+        unless the config sets ``spatial_neighbors_kwargs.rebuild``; otherwise the config's
+        graph is built in memory by
         :func:`interscale.pp.spatial_graph_from_config`.
         """
         key = Key.obsp.spatial_connectivities()
-        if key in adata.obsp:
-            return key, f"adata.obsp[{key!r}]"
         kw = self.cfg.dataset.spatial_neighbors_kwargs
+        if key in adata.obsp and not kw.rebuild:
+            return key, f"adata.obsp[{key!r}]"
         graph = spatial_graph_from_config(adata, self.cfg, self.sample_keys, key_added=None)
         rule = f"radius {kw.radius}" if kw.radius is not None else f"{kw.n_neighs} nearest"
         return graph, f"built from the config ({rule}, obsm[{kw.spatial_key!r}])"
@@ -267,6 +261,7 @@ class BaseModel(TrainingMixin):
         gp = self.cfg.model.global_component.parameters
         if self._global:
             lines.append(f"  attention scope: {gp.attention}")
+        lines.append(f"  spatial graph: {self.graph_source_}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -281,17 +276,18 @@ class BaseModel(TrainingMixin):
         batch_size: int | None = None,
         attention_top_k: int = 32,
         progress_bar: bool = False,
+        predictions: str | None = None,
     ) -> AnnData:
         """Write embeddings, held-out predictions and attention into ``adata``.
 
-        Runs in eval mode without gradients, one sample at a time: each sample's graph is built
-        only when it is reached and its rows are written straight into preallocated arrays, so
-        memory stays near the size of the outputs. With a halo (``_setup_anndata(...,
-        halo_key=...)``) a tile's halo cells are encoded as context, but only its own cells are
-        masked and written; every cell is written by exactly one tile. Keys written (with
-        ``prefix``): obsm ``_local_emb``/``_global_emb``, layers ``_y_pred_local``/
-        ``_y_pred_global``, obsp ``_attn_matrix`` (top-k per row of the last layer's
-        head-averaged attention), obs ``_cls_attention``, and ``uns["interscale"]``.
+        Runs in eval mode without gradients, one sample at a time, each sample's graph built
+        when reached and its rows written straight into preallocated arrays (memory stays near
+        the size of the outputs). With a halo (``_setup_anndata(..., halo_key=...)``) a tile's
+        halo cells are encoded as context, but only its own cells are masked and written; every
+        cell is written by exactly one tile. Keys written (with ``prefix``): obsm
+        ``_local_emb``/``_global_emb``, layers ``_y_pred_local``/``_y_pred_global``, obsp
+        ``_attn_matrix`` (top-k per row of the last layer's head-averaged attention), obs
+        ``_cls_attention``, ``uns["interscale"]`` (``["output"]["predictions"]``: the mode).
 
         Parameters
         ----------
@@ -310,6 +306,13 @@ class BaseModel(TrainingMixin):
             Attention entries kept per cell.
         progress_bar
             Show progress over samples.
+        predictions
+            ``"dense"``: float32 layers. ``"float16"``: float16 layers, half the memory, about
+            1e-3 relative precision (|value| <= 65504). ``"none"``: no prediction layers (those
+            an earlier call left under the same keys are removed; :meth:`gene_r2` scores genes
+            without them). ``None`` (default): ``"dense"`` while the float32 layers take at
+            most ``DENSE_PREDICTIONS_MAX_BYTES`` (2 GiB for all heads, a constant of
+            ``interscale.model._inference``), else a ``ValueError`` before any work.
 
         Returns
         -------
@@ -318,84 +321,80 @@ class BaseModel(TrainingMixin):
         Raises
         ------
         TypeError
-            If ``adata`` is not an AnnData or is a view.
+            If ``adata`` is not an AnnData or is a view, or ``predictions`` is not a string.
         KeyError
             If the training layer is missing.
         ValueError
-            If the genes differ from the model's or the layer holds NaN / infinite values.
+            If the genes differ from the model's, the layer holds NaN / infinite values, or
+            ``predictions`` is unknown or None above the limit (the message gives the size).
         MemoryError
-            If the dense outputs would not fit in this machine's RAM (the message gives the
-            estimate); nothing is written then.
+            If the outputs would not fit in RAM (with the estimate). Errors write nothing.
 
         Warns
         -----
         UserWarning
-            If the model was never trained (its outputs come from random weights) or
-            ``batch_size`` is given.
+            If the model was never trained (outputs from random weights) or ``batch_size`` is given.
         """
-        adata = self.adata if adata is None else adata
-        check_anndata(adata, "get_model_output")
-        check_same_genes(adata, self.gene_names)
-        check_finite_layer(layer_matrix(adata, self.layer_key), self.layer_key)
-        if attention_top_k < 1:
-            raise ValueError(f"attention_top_k must be >= 1, got {attention_top_k}")
-        check_output_memory(
-            adata.n_obs, len(self.gene_names), int(self.module.n_embed), attention_top_k
-        )
-        if not self.is_trained_:
-            warnings.warn(
-                f"this {type(self).__name__} was never trained (call train() or load a "
-                "checkpoint): its outputs come from randomly initialised weights",
-                UserWarning,
-                stacklevel=2,
-            )
-        if batch_size is not None:
-            warnings.warn(
-                "get_model_output ignores batch_size: samples are processed one at a time to "
-                "bound memory",
-                UserWarning,
-                stacklevel=2,
-            )
-        outputs = infer(
-            self.module,
-            self._graphs(adata, lazy=True),
-            n_obs=adata.n_obs,
-            n_genes=len(self.gene_names),
-            masked=masked,
-            pct_mask_nodes=self.cfg.dataset.pct_mask_nodes,
-            fold_seed=self.cfg.optim.seed + 3,
-            attention_top_k=attention_top_k,
-            progress_bar=progress_bar,
-        )
-        write_outputs(adata, outputs, prefix)
-        self._record_uns(adata, prefix=prefix, masked=masked, attention_top_k=attention_top_k)
-        return adata
+        return model_output(
+            self, adata, prefix=prefix, masked=masked, batch_size=batch_size,
+            attention_top_k=attention_top_k, progress_bar=progress_bar, predictions=predictions,
+        )  # fmt: skip
+
+    def gene_r2(
+        self,
+        adata: AnnData | None = None,
+        cells: str | Sequence[str] | np.ndarray | pd.Series | None = None,
+        split_key: str | None = None,
+        masked: bool = True,
+        progress_bar: bool = False,
+        *,
+        heads: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Per-gene R^2 of each head, summed up during inference: no prediction is stored.
+
+        The inference (folds, seed) of :meth:`get_model_output`, summing per gene and head the
+        count, sum and sum of squares of the truth and the squared residuals over the selected
+        cells (float64; samples without one are not run): R^2 as ``calculate_gene_ranks`` gives
+        it on the stored float32 predictions (NaN for a gene constant within the cells), and
+        ``interscale.evaluation.gene_ranks_from_model`` makes its table. ``adata`` is unchanged.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes (default: the training AnnData); a view is accepted.
+        cells
+            Cells scored, as for ``calculate_gene_ranks``: None or ``"all"``, split names
+            (``["val", "test"]``, ``"val,test"``) or a boolean mask with one entry per cell.
+        split_key
+            obs column of the split names (default: the split key of the setup).
+        masked, progress_bar
+            As for :meth:`get_model_output`.
+        heads
+            Heads to score (default: every head with a decoder).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index ``gene`` (``adata.var_names`` order), a column ``r2_<head>`` per head scored;
+            ``df.attrs``: ``cells`` (description), ``n_cells``, ``heads`` and ``masked``.
+
+        Raises
+        ------
+        TypeError
+            If ``adata`` is not an AnnData, or ``cells`` is neither split names nor a mask.
+        KeyError
+            If the training layer or the split column is missing, or a split name is absent.
+        ValueError
+            If the genes differ from the model's, the layer is not finite, ``cells`` selects
+            nothing, or ``heads`` names a head the model lacks.
+        """
+        return model_gene_r2(
+            self, adata, cells=cells, split_key=split_key, masked=masked,
+            progress_bar=progress_bar, heads=heads,
+        )  # fmt: skip
 
     def _record_uns(self, adata: AnnData, **extra) -> None:
-        """Record the model, its config and training summary next to the outputs."""
-        if read_setup(adata) is None:
-            # outputs on data that was never set up: record the setup they were made with
-            write_setup(adata, read_setup(self.adata) or {})
-        uns = dict(adata.uns.get(Key.uns.ROOT, {}))
-        uns.update(
-            {
-                "version": __version__,
-                "model_class": type(self).__name__,
-                # JSON text: h5ad cannot store the None values a config holds
-                "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
-                "n_embed": int(self.module.n_embed),
-                "output": dict(extra),
-            }
-        )
-        if self.history_ is not None and not self.history_.empty:
-            h = self.history_
-            summary = {"epochs_run": int(len(h)), "best_epoch": int(self.best_epoch_)}
-            best = h[h["epoch"] == self.best_epoch_]
-            for col in h.columns:
-                if col.startswith(("val_", "train_")) and len(best):
-                    summary[col] = float(best[col].iloc[0])
-            uns["training"] = summary
-        adata.uns[Key.uns.ROOT] = uns
+        record_outputs(self, adata, **extra)  # model, config, training summary and ``extra``
 
     # ------------------------------------------------------------------ save / load
     def _file_name(self, prefix: str | None = None) -> str:

@@ -1,8 +1,12 @@
 """Inference: a pure computation over sample graphs, and the writer that puts it into AnnData.
 
-:func:`infer` runs a module over graphs built one at a time and returns numpy arrays; it never
-touches an AnnData. :func:`write_outputs` writes those arrays under the keys of
-:class:`interscale.names.Key`. Keeping the two apart lets one inference feed several consumers.
+One loop (:func:`run_inference`) runs a module over graphs built one at a time, in eval mode,
+and hands each graph's embeddings and each cell's prediction to a consumer; it never touches
+an AnnData. Two consumers share it: the output buffers of :func:`infer` (embeddings, attention
+and the prediction layers, in the chosen dtype or none at all) and the per-gene R^2 accumulator
+of :func:`interscale.model._streaming.stream_gene_r2`, which keeps sufficient statistics
+instead of predictions. :func:`write_outputs` writes :class:`ModelOutputs` under the keys of
+:class:`interscale.names.Key`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,15 +23,45 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from interscale.graphs import GraphBatch, SampleGraph
-from interscale.names import Key
+from interscale.names import HEADS, Key
 from interscale.train import fold_masks
 
-__all__ = ["ModelOutputs", "check_output_memory", "infer", "write_outputs"]
+__all__ = [
+    "DENSE_PREDICTIONS_MAX_BYTES",
+    "PREDICTION_MODES",
+    "ModelOutputs",
+    "check_output_memory",
+    "infer",
+    "physical_memory_bytes",
+    "prediction_heads",
+    "run_inference",
+    "write_outputs",
+]
+
+#: How ``get_model_output`` stores the predictions: float32 layers, float16 layers, or none.
+PREDICTION_MODES: tuple[str, ...] = ("dense", "float16", "none")
+
+
+#: Largest size in bytes of the float32 prediction layers (all heads together) that
+#: ``get_model_output`` writes without being asked: above it, the default refuses and asks for
+#: ``predictions="float16"`` or ``"none"`` (or an explicit ``"dense"``). 2 GiB is 100,000
+#: cells x 2,700 genes with two heads.
+DENSE_PREDICTIONS_MAX_BYTES: int = 2 * 2**30
+
+
+_PREDICTION_DTYPES = {"dense": np.float32, "float16": np.float16}
+
+
+_BYTES_PER_PREDICTION = {"dense": 4, "float16": 2, "none": 0}
 
 
 @dataclass
 class ModelOutputs:
-    """Per-cell outputs of a module, rows in AnnData order (``None`` where a part is absent)."""
+    """Per-cell outputs of a module, rows in AnnData order (``None`` where a part is absent).
+
+    ``pred_heads`` names the heads that predict, whose layer is ``None`` only when the
+    predictions were not kept (``predictions="none"``).
+    """
 
     local_emb: np.ndarray | None
     global_emb: np.ndarray | None
@@ -34,6 +69,7 @@ class ModelOutputs:
     y_global: np.ndarray | None
     cls_attention: np.ndarray | None
     attention: sp.csr_matrix | None
+    pred_heads: tuple[str, ...] = ()
 
 
 def physical_memory_bytes() -> int | None:
@@ -44,17 +80,35 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def check_output_memory(n_obs: int, n_genes: int, n_embed: int, top_k: int) -> None:
-    """Refuse before inference when the dense outputs could never fit in this machine's RAM."""
-    # two float32 prediction layers and two embeddings, the top-k attention triplets (int64
-    # row/col + float32 value), and one prediction layer's worth of temporaries
-    estimate = 4 * n_obs * (3 * n_genes + 2 * n_embed) + 20 * n_obs * top_k
+def prediction_heads(module: torch.nn.Module) -> tuple[str, ...]:
+    """The heads whose decoder predicts expression, in :data:`interscale.names.HEADS` order."""
+    present = {"local": module.local_decoder is not None, "global": bool(module.has_global)}
+    return tuple(head for head in HEADS if present[head])
+
+
+def check_output_memory(
+    n_obs: int,
+    n_genes: int,
+    n_embed: int,
+    top_k: int,
+    predictions: str = "dense",
+    n_pred_layers: int = 2,
+) -> None:
+    """Refuse before inference when the outputs could never fit in this machine's RAM.
+
+    The estimate counts ``n_pred_layers`` prediction layers in the dtype of ``predictions``
+    (none for ``"none"``), two float32 embeddings and the top-k attention triplets (int64
+    row/col + float32 value); every temporary is per graph, not per AnnData.
+    """
+    layers = _BYTES_PER_PREDICTION[predictions] * n_obs * n_genes * n_pred_layers
+    estimate = layers + 4 * n_obs * 2 * n_embed + 20 * n_obs * top_k
     total = physical_memory_bytes()
     if total is not None and estimate > total:
         raise MemoryError(
             f"get_model_output would need about {estimate / 2**30:.1f} GiB for {n_obs} cells x "
-            f"{n_genes} genes (dense float32 predictions), more than this machine's "
-            f"{total / 2**30:.1f} GiB of RAM; run it on subsets of samples (adata[mask].copy())"
+            f"{n_genes} genes (predictions={predictions!r}), more than this machine's "
+            f"{total / 2**30:.1f} GiB of RAM; pass predictions='float16' or 'none', or run it "
+            "on subsets of samples (adata[mask].copy())"
         )
 
 
@@ -94,6 +148,18 @@ def _core_numpy(values: torch.Tensor, core: np.ndarray | None) -> np.ndarray:
     return out if core is None else out[core]
 
 
+def _finite(values: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise FloatingPointError(f"inference produced non-finite values in {name}")
+    return values
+
+
+def _finite_predictions(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for head, values in preds.items():
+        _finite(values, f"y_{head}")
+    return preds
+
+
 def _attention_triplet(attention) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if attention is None:
         return (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
@@ -110,25 +176,62 @@ def _attention_triplet(attention) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class _Buffers:
-    """Preallocated output arrays, NaN until a graph writes its rows."""
+    """Consumer of :func:`run_inference`: preallocated outputs, NaN until a graph writes them.
 
-    def __init__(self, module: torch.nn.Module, n_obs: int, n_genes: int) -> None:
+    The prediction layers are allocated in the dtype of ``predictions`` (none for ``"none"``);
+    each block is cast on its own, so no float32 array of the layers' size ever exists.
+    """
+
+    needs_full_pass = True
+
+    def __init__(
+        self, module: torch.nn.Module, n_obs: int, n_genes: int, predictions: str = "dense"
+    ) -> None:
         n_embed = module.n_embed
 
-        def rows(width: int, present: bool) -> np.ndarray | None:
-            return np.full((n_obs, width), np.nan, np.float32) if present else None
+        def rows(width: int, present: bool, dtype=np.float32) -> np.ndarray | None:
+            return np.full((n_obs, width), np.nan, dtype) if present else None
 
+        self.n_obs = n_obs
+        self.heads = prediction_heads(module)
+        dtype = _PREDICTION_DTYPES.get(predictions)
         self.local_emb = rows(n_embed, module.has_local)
         self.global_emb = rows(n_embed, module.has_global)
-        self.y_local = rows(n_genes, module.local_decoder is not None)
-        self.y_global = rows(n_genes, module.has_global)
+        self.y = {head: rows(n_genes, dtype is not None, dtype) for head in self.heads}
         self.cls = np.full(n_obs, np.nan, np.float32) if module.has_global else None
         self.att_rows: list[np.ndarray] = []
         self.att_cols: list[np.ndarray] = []
         self.att_vals: list[np.ndarray] = []
-        self.written = np.zeros(n_obs, dtype=bool)
         # scipy stores the attention's indices as int32 when they fit: keep the pieces as small
         self.index_dtype = np.int32 if n_obs < np.iinfo(np.int32).max else np.int64
+
+    def wants(self, rows: np.ndarray) -> bool:
+        return True
+
+    def full(self, graph: SampleGraph, rows: np.ndarray, core: np.ndarray | None, out) -> None:
+        """Embeddings, CLS attention and attention of a graph's core cells."""
+        if self.local_emb is not None:
+            self.local_emb[rows] = _finite(_core_numpy(out.local_emb, core), "local_emb")
+        if self.global_emb is not None:
+            self.global_emb[rows] = _finite(_core_numpy(out.global_emb, core), "global_emb")
+            self.cls[rows] = _core_numpy(out.cls_attention, core)
+            self.add_attention(graph, out.attention, core)
+
+    def predictions(self, rows: np.ndarray, preds: dict[str, np.ndarray]) -> None:
+        """Finite float32 predictions of cells ``rows``, stored in the layers' dtype."""
+        for head, layer in self.y.items():
+            if layer is None:
+                continue
+            block = preds[head]
+            if block.dtype != layer.dtype:
+                with np.errstate(over="ignore"):  # overflow is refused just below
+                    block = block.astype(layer.dtype)
+                if not np.isfinite(block).all():
+                    raise FloatingPointError(
+                        f"y_{head} has predictions beyond the float16 range (|value| > 65504); "
+                        "pass predictions='dense'"
+                    )
+            layer[rows] = block
 
     def add_attention(self, graph: SampleGraph, attention, core: np.ndarray | None) -> None:
         r, c, v = _attention_triplet(attention)
@@ -142,18 +245,9 @@ class _Buffers:
         self.att_vals.append(v)
 
     def finish(self) -> ModelOutputs:
-        if not self.written.all():
-            raise RuntimeError(
-                f"inference left {int((~self.written).sum())} cell(s) without outputs: they "
-                "belong to no sample graph"
-            )
-        for name in ("local_emb", "global_emb", "y_local", "y_global"):
-            arr = getattr(self, name)
-            if arr is not None and not np.isfinite(arr).all():
-                raise FloatingPointError(f"inference produced non-finite values in {name}")
         attention = None
         if self.global_emb is not None:
-            n_obs = len(self.written)
+            n_obs = self.n_obs
             attention = sp.csr_matrix(
                 (
                     np.concatenate(self.att_vals).astype(np.float32),
@@ -163,25 +257,85 @@ class _Buffers:
             )
             attention.sort_indices()
         return ModelOutputs(
-            self.local_emb, self.global_emb, self.y_local, self.y_global, self.cls, attention
+            self.local_emb,
+            self.global_emb,
+            self.y.get("local"),
+            self.y.get("global"),
+            self.cls,
+            attention,
+            self.heads,
         )
 
 
-def _masked_predictions(module, batch, graph, pct_mask_nodes, generator, device, buffers) -> None:
-    """Predict each cell in the pass where its fold is masked (the held-out predictions)."""
-    nodes = graph.cell_index.numpy()
-    for mask in fold_masks(graph.n_cells, pct_mask_nodes, generator, eligible=graph.core):
-        mask_dev = mask.to(device)
-        fold = module(batch.x, batch.edge_index, batch.ptr, mask=mask_dev, features=batch.features)
-        sel = nodes[mask.numpy()]
-        if buffers.y_local is not None:
-            buffers.y_local[sel] = fold.y_local[mask_dev].float().cpu().numpy()
-        if buffers.y_global is not None:
-            buffers.y_global[sel] = fold.y_global[mask_dev].float().cpu().numpy()
-        del fold
-
-
 @torch.no_grad()
+def run_inference(
+    module: torch.nn.Module,
+    graphs: Iterable[SampleGraph],
+    consumer: Any,
+    *,
+    n_obs: int,
+    masked: bool,
+    pct_mask_nodes: float,
+    fold_seed: int,
+    attention_top_k: int,
+    progress_bar: bool,
+) -> None:
+    """The per-graph inference loop shared by every consumer.
+
+    The fold draws advance on every graph in the same order, so a consumer that skips graphs
+    (none of its cells there) sees the same folds as one that does not.
+    """
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    heads = prediction_heads(module)
+    written = np.zeros(n_obs, dtype=bool)
+    fold_gen = torch.Generator().manual_seed(fold_seed)
+    try:
+        for graph in tqdm(graphs, desc="inference", unit="sample", disable=not progress_bar):
+            rows, core = _claim_core_rows(graph, written)
+            if not consumer.wants(rows):
+                if masked:  # draw this graph's folds all the same
+                    fold_masks(graph.n_cells, pct_mask_nodes, fold_gen, eligible=graph.core)
+                continue
+            batch = single_batch(graph).to(device)
+            if consumer.needs_full_pass or not masked:
+                out = module(
+                    batch.x,
+                    batch.edge_index,
+                    batch.ptr,
+                    mask=None,
+                    features=batch.features,
+                    need_attention=module.has_global,
+                    attention_top_k=attention_top_k,
+                )
+                consumer.full(graph, rows, core, out)
+                if not masked:
+                    preds = {h: _core_numpy(getattr(out, f"y_{h}"), core) for h in heads}
+                    consumer.predictions(rows, _finite_predictions(preds))
+                del out
+            if masked:
+                nodes = graph.cell_index.numpy()
+                for mask in fold_masks(graph.n_cells, pct_mask_nodes, fold_gen, graph.core):
+                    mask_dev = mask.to(device)
+                    fold = module(
+                        batch.x, batch.edge_index, batch.ptr, mask=mask_dev, features=batch.features
+                    )
+                    preds = {
+                        h: getattr(fold, f"y_{h}")[mask_dev].float().cpu().numpy() for h in heads
+                    }
+                    consumer.predictions(nodes[mask.numpy()], _finite_predictions(preds))
+                    del fold, preds
+            del batch, graph
+    finally:
+        module.train(was_training)
+    if not written.all():
+        raise RuntimeError(
+            f"inference left {int((~written).sum())} cell(s) without outputs: they "
+            "belong to no sample graph"
+        )
+
+
 def infer(
     module: torch.nn.Module,
     graphs: Iterable[SampleGraph],
@@ -193,6 +347,7 @@ def infer(
     fold_seed: int,
     attention_top_k: int,
     progress_bar: bool = False,
+    predictions: str = "dense",
 ) -> ModelOutputs:
     """Run ``module`` over ``graphs`` in eval mode, one graph at a time.
 
@@ -215,56 +370,45 @@ def infer(
         Attention entries kept per cell.
     progress_bar
         Show progress over graphs.
+    predictions
+        ``"dense"`` (float32 layers), ``"float16"`` (float16 layers) or ``"none"`` (no
+        prediction layers; ``y_local``/``y_global`` are None).
 
     Returns
     -------
     The outputs as numpy arrays in AnnData row order.
     """
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    buffers = _Buffers(module, n_obs, n_genes)
-    fold_gen = torch.Generator().manual_seed(fold_seed)
-    try:
-        for graph in tqdm(graphs, desc="inference", unit="sample", disable=not progress_bar):
-            rows, core = _claim_core_rows(graph, buffers.written)
-            batch = single_batch(graph).to(device)
-            out = module(
-                batch.x,
-                batch.edge_index,
-                batch.ptr,
-                mask=None,
-                features=batch.features,
-                need_attention=module.has_global,
-                attention_top_k=attention_top_k,
-            )
-            if buffers.local_emb is not None:
-                buffers.local_emb[rows] = _core_numpy(out.local_emb, core)
-            if buffers.global_emb is not None:
-                buffers.global_emb[rows] = _core_numpy(out.global_emb, core)
-                buffers.cls[rows] = _core_numpy(out.cls_attention, core)
-                buffers.add_attention(graph, out.attention, core)
-            if masked:
-                _masked_predictions(module, batch, graph, pct_mask_nodes, fold_gen, device, buffers)
-            else:
-                if buffers.y_local is not None:
-                    buffers.y_local[rows] = _core_numpy(out.y_local, core)
-                if buffers.y_global is not None:
-                    buffers.y_global[rows] = _core_numpy(out.y_global, core)
-            del batch, out, graph
-    finally:
-        module.train(was_training)
+    buffers = _Buffers(module, n_obs, n_genes, predictions)
+    run_inference(
+        module,
+        graphs,
+        buffers,
+        n_obs=n_obs,
+        masked=masked,
+        pct_mask_nodes=pct_mask_nodes,
+        fold_seed=fold_seed,
+        attention_top_k=attention_top_k,
+        progress_bar=progress_bar,
+    )
     return buffers.finish()
 
 
 def write_outputs(adata: AnnData, outputs: ModelOutputs, prefix: str = "") -> None:
-    """Write ``outputs`` into ``adata`` under the keys of :class:`interscale.names.Key`."""
+    """Write ``outputs`` into ``adata`` under the keys of :class:`interscale.names.Key`.
+
+    A predicting head without a layer (``predictions="none"``) has any layer an earlier call
+    left under the same key removed, so that no stored prediction disagrees with the new
+    embeddings.
+    """
     for head, emb in (("local", outputs.local_emb), ("global", outputs.global_emb)):
         if emb is not None:
             adata.obsm[Key.obsm.embedding(head, prefix)] = emb
     for head, pred in (("local", outputs.y_local), ("global", outputs.y_global)):
+        key = Key.layers.y_pred(head, prefix)
         if pred is not None:
-            adata.layers[Key.layers.y_pred(head, prefix)] = pred
+            adata.layers[key] = pred
+        elif head in outputs.pred_heads and key in adata.layers:
+            del adata.layers[key]
     if outputs.attention is not None:
         adata.obsp[Key.obsp.attention(prefix)] = outputs.attention
     if outputs.cls_attention is not None:

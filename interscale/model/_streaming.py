@@ -1,0 +1,202 @@
+"""Per-gene R^2 of each head accumulated while inference runs: no prediction layer stored.
+
+The accumulator is a consumer of the inference loop
+(:func:`interscale.model._inference.run_inference`) and sees the same folds as
+``get_model_output``, so its R^2 equals the one ``interscale.evaluation.calculate_gene_ranks``
+computes on stored predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from interscale._anndata import (
+    CellSelection,
+)
+from interscale.graphs import SampleGraph
+from interscale.model._inference import prediction_heads, run_inference
+from interscale.names import HEADS
+
+__all__ = ["gene_r2_frame", "scored_heads", "stream_gene_r2"]
+
+# Truth rows read at once by the R^2 accumulator: about this many float64 values (8 MiB).
+_R2_BLOCK_VALUES = 1 << 20
+
+
+# A gene whose sd within the scored cells is below this fraction of |mean| is constant (R^2
+# NaN): the rule of interscale.evaluation's per-gene R^2, which the streaming R^2 must match.
+_CONSTANT_RTOL = 1e-9
+
+
+def _dense_rows(matrix: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows of a dense or CSR matrix as a float64 array."""
+    block = matrix[rows]
+    if sp.issparse(block):
+        return block.toarray().astype(np.float64, copy=False)
+    return np.asarray(block, dtype=np.float64)
+
+
+class _R2Accumulator:
+    """Consumer of :func:`run_inference` that sums, per gene, what R^2 of each head needs.
+
+    Over the selected cells it keeps the count, the sum and the sum of squares of the truth
+    (shifted by the truth of the first selected cell, so that a constant gene sums to exactly
+    zero and the sum of squares about the mean keeps its digits) and, per head, the sum of
+    squared residuals; all float64. A gene is constant (R^2 NaN) by the rule of the evaluation
+    module's per-gene moments.
+    """
+
+    needs_full_pass = False
+
+    def __init__(self, truth: Any, selected: np.ndarray, heads: Sequence[str]) -> None:
+        if sp.issparse(truth) and not isinstance(truth, sp.csr_matrix | sp.csr_array):
+            truth = sp.csr_matrix(truth)  # row reads of CSC/COO are slow; still sparse
+        self.truth = truth
+        self.selected = selected
+        n_genes = truth.shape[1]
+        shift = _dense_rows(truth, np.flatnonzero(selected)[:1])[0]
+        self.shift = np.where(np.isfinite(shift), shift, 0.0)
+        self.n = np.zeros(n_genes)
+        self.sum = np.zeros(n_genes)
+        self.sum_sq = np.zeros(n_genes)
+        self.ss_res = {head: np.zeros(n_genes) for head in heads}
+        self.step = max(1, _R2_BLOCK_VALUES // n_genes)
+
+    def wants(self, rows: np.ndarray) -> bool:
+        return bool(self.selected[rows].any())
+
+    def full(self, graph: SampleGraph, rows: np.ndarray, core: np.ndarray | None, out) -> None:
+        return None
+
+    def predictions(self, rows: np.ndarray, preds: dict[str, np.ndarray]) -> None:
+        keep = self.selected[rows]
+        if not keep.any():
+            return
+        rows = rows[keep]
+        preds = {head: preds[head][keep] for head in self.ss_res}
+        for start in range(0, len(rows), self.step):
+            y = _dense_rows(self.truth, rows[start : start + self.step])
+            valid = np.isfinite(y)  # the truth layer is checked finite: a guard only
+            if valid.all():
+                valid = None
+                yc = y - self.shift
+                self.n += y.shape[0]
+            else:
+                yc = np.where(valid, y - self.shift, 0.0)
+                self.n += valid.sum(axis=0)
+            self.sum += yc.sum(axis=0)
+            self.sum_sq += (yc * yc).sum(axis=0)
+            for head, ss in self.ss_res.items():
+                res = (y - preds[head][start : start + self.step].astype(np.float64)) ** 2
+                ss += (res if valid is None else np.where(valid, res, 0.0)).sum(axis=0)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Per-gene R^2 of each head; NaN for fewer than two cells or a constant truth."""
+        n = self.n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_c = np.where(n > 0, self.sum / n, 0.0)
+            m2 = self.sum_sq - self.sum * mean_c
+            constant = m2 <= n * (_CONSTANT_RTOL * np.abs(self.shift + mean_c)) ** 2
+            ok = (n >= 2) & ~constant
+            return {
+                head: np.where(ok, 1.0 - ss / np.where(ok, m2, 1.0), np.nan)
+                for head, ss in self.ss_res.items()
+            }
+
+
+def scored_heads(
+    module: torch.nn.Module, heads: Sequence[str] | None, model_name: str
+) -> list[str]:
+    """The heads :func:`stream_gene_r2` scores: ``heads`` (checked) or every predicting head.
+
+    Raises
+    ------
+    ValueError
+        If ``heads`` names an unknown head or one the module has no decoder for.
+    """
+    present = prediction_heads(module)
+    if heads is None:
+        return list(present)
+    chosen = [heads] if isinstance(heads, str) else list(heads)
+    unknown = [h for h in chosen if h not in HEADS]
+    if unknown or not chosen:
+        raise ValueError(f"gene_r2: heads must name some of {list(HEADS)}, got {heads!r}")
+    absent = [h for h in chosen if h not in present]
+    if absent:
+        raise ValueError(
+            f"gene_r2: this {model_name} has no {absent[0]} decoder (it predicts with "
+            f"{list(present)}), so heads={chosen} cannot be scored; gene ranks compare the "
+            "local and the global head, and gene_r2() without heads scores the ones it has"
+        )
+    return [h for h in HEADS if h in chosen]
+
+
+def stream_gene_r2(
+    module: torch.nn.Module,
+    graphs: Iterable[SampleGraph],
+    truth: Any,
+    selected: np.ndarray,
+    *,
+    heads: Sequence[str],
+    masked: bool,
+    pct_mask_nodes: float,
+    fold_seed: int,
+    progress_bar: bool = False,
+) -> dict[str, np.ndarray]:
+    """Per-gene R^2 of each head over the ``selected`` cells, no prediction layer kept.
+
+    The loop and folds are those of :func:`infer` (graphs without a selected cell are not
+    run; their folds are still drawn). R^2 = 1 - SS_res / SS_tot per gene over the selected
+    cells' finite truth, NaN where fewer than two cells count or the truth is constant: the
+    definition of :func:`interscale.evaluation.calculate_gene_ranks`.
+
+    Parameters
+    ----------
+    module, graphs, masked, pct_mask_nodes, fold_seed, progress_bar
+        As for :func:`infer`.
+    truth
+        The training layer (dense or sparse, ``n_obs x n_genes``), read row block by block.
+    selected
+        Boolean ``(n_obs,)``: the scored cells (at least one).
+    heads
+        The heads scored, each with a decoder in ``module``.
+
+    Returns
+    -------
+    dict
+        Head name -> float64 R^2 per gene.
+    """
+    n_obs = truth.shape[0]
+    accumulator = _R2Accumulator(truth, selected, heads)
+    run_inference(
+        module,
+        graphs,
+        accumulator,
+        n_obs=n_obs,
+        masked=masked,
+        pct_mask_nodes=pct_mask_nodes,
+        fold_seed=fold_seed,
+        attention_top_k=1,
+        progress_bar=progress_bar,
+    )
+    return accumulator.finish()
+
+
+def gene_r2_frame(
+    r2: dict[str, np.ndarray], genes: Sequence[str], selection: CellSelection, masked: bool
+) -> pd.DataFrame:
+    """The table of :meth:`BaseModel.gene_r2`: one ``r2_<head>`` column per scored head."""
+    df = pd.DataFrame(
+        {f"r2_{head}": r2[head] for head in HEADS if head in r2},
+        index=pd.Index([str(g) for g in genes], name="gene"),
+    )
+    df.attrs.update(
+        cells=selection.label, n_cells=selection.n_cells, heads=list(r2), masked=bool(masked)
+    )
+    return df
