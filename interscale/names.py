@@ -25,6 +25,7 @@ __all__ = [
     "HEADS",
     "LOCAL_COMPONENTS",
     "LR_SCHEDULERS",
+    "PREDICTION_MODES",
     "REGRESSION_LOSSES",
     "SPLITS",
     "STRATEGIES",
@@ -53,6 +54,8 @@ STRATEGIES: tuple[str, ...] = ("single", "ddp")
 LR_SCHEDULERS: tuple[str, ...] = ("CosineWarmupScheduler", "ReduceLROnPlateau")
 #: Values of the split column, each assigned to whole samples.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: How ``get_model_output`` stores predictions: float32 layers, float16 layers, or none.
+PREDICTION_MODES: tuple[str, ...] = ("dense", "float16", "none")
 #: The two scales, in the order every table and plot lists them.
 HEADS: tuple[str, ...] = ("local", "global")
 

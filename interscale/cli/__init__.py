@@ -20,7 +20,7 @@ from interscale.cli._pipeline import (
     _write_h5ad_atomic,
     run_job,
 )
-from interscale.names import ACCELERATORS, STRATEGIES
+from interscale.names import ACCELERATORS, PREDICTION_MODES, STRATEGIES
 
 # heldout_r2 is re-exported lazily from interscale.evaluation by __getattr__ below
 __all__ = ["main", "run_job", "heldout_r2"]  # noqa: F822
@@ -122,7 +122,7 @@ def _cmd_output(args) -> int:
     if read_setup(adata) is None:
         raise SystemExit(f"{h5ad} is not set up; write it with `interscale train` first")
     model = isc.model.CombinedModel.load(args.checkpoint, adata, cfg)
-    model.get_model_output(adata, masked=not args.unmasked)
+    model.get_model_output(adata, masked=not args.unmasked, predictions=args.predictions)
     _write_h5ad_atomic(adata, out)
     print(f"wrote {out}")
     return 0
@@ -230,6 +230,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (default: <folder>/config.yaml if present)")
     p.add_argument("--out", help="output .h5ad (default: <folder>/trained.h5ad)")
     p.add_argument("--unmasked", action="store_true", help="unmasked reconstruction")
+    p.add_argument(
+        "--predictions",
+        choices=list(PREDICTION_MODES),
+        help="how prediction layers are stored (default: dense below 2 GiB, else refused)",
+    )
     p.set_defaults(func=_cmd_output)
 
     p = sub.add_parser("evaluate", help="gene-level evaluation into tables and figures")

@@ -23,7 +23,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from interscale.graphs import GraphBatch, SampleGraph
-from interscale.names import HEADS, Key
+from interscale.names import HEADS, PREDICTION_MODES, Key
 from interscale.train import fold_masks
 
 __all__ = [
@@ -37,9 +37,6 @@ __all__ = [
     "run_inference",
     "write_outputs",
 ]
-
-#: How ``get_model_output`` stores the predictions: float32 layers, float16 layers, or none.
-PREDICTION_MODES: tuple[str, ...] = ("dense", "float16", "none")
 
 
 #: Largest size in bytes of the float32 prediction layers (all heads together) that
