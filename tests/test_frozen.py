@@ -61,3 +61,23 @@ def test_seeded_training_gives_the_frozen_weights(cls):
         assert list(trained) == list(stored)
         for key, tensor in stored.items():
             _assert_same(trained[key].numpy(), tensor.numpy(), key)
+
+
+def test_training_and_outputs_with_deferred_expression_are_bit_identical(monkeypatch):
+    """Graphs that densify their expression per batch (large layers) train to the same bits."""
+    import interscale.graphs._plan as plan
+
+    runs = {}
+    for threshold in (plan.DEFER_DENSE_BYTES, 0):  # 0: every plan defers its graphs' x
+        monkeypatch.setattr(plan, "DEFER_DENSE_BYTES", threshold)
+        adata = make_frozen.frozen_adata()
+        make_frozen.setup(adata)
+        model = CombinedModel(adata, make_frozen.frozen_config())
+        assert all(g.deferred == (threshold == 0) for g in model._graphs(adata))
+        model.train(progress_bar=False)
+        model.get_model_output(adata)
+        runs[threshold] = (make_frozen.state_digest(model.module), make_frozen.outputs(adata))
+    (digest_dense, out_dense), (digest_deferred, out_deferred) = runs.values()
+    assert digest_deferred == digest_dense
+    for name, values in out_dense.items():
+        np.testing.assert_array_equal(out_deferred[name], values, err_msg=name)

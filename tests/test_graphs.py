@@ -282,3 +282,48 @@ def test_halo_cells_never_enter_the_loss():
     result = fit(module, graphs, graphs, settings_, torch.device("cpu"))
     assert (result.history["train_loss"] < 100).all()
     assert (result.history["val_loss"] < 100).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n_cells=st.integers(4, 50),
+    n_tiles=st.integers(1, 4),
+    p_halo=st.sampled_from([0.0, 0.4]),
+    sparse=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_deferred_graphs_equal_dense_graphs(n_cells, n_tiles, p_halo, sparse, seed):
+    rng = np.random.default_rng(seed)
+    n_tiles = min(n_tiles, n_cells)
+    adata, *_ = _halo_adata(rng, n_cells, n_tiles, p_halo)
+    if sparse:
+        adata.layers["L"] = sp.csr_matrix(adata.layers["L"])
+    for halo_key in (None, "tile_halo"):
+        kw = {"layer_key": "L", "sample_keys": ["sample"], "halo_key": halo_key}
+        dense = anndata_to_graphs(adata, defer_x=False, **kw)
+        deferred = anndata_to_graphs(adata, defer_x=True, **kw)
+        assert not any(g.deferred for g in dense) and all(g.deferred for g in deferred)
+        for a, b in zip(dense, deferred, strict=True):
+            assert (a.n_cells, a.n_genes) == (b.n_cells, b.n_genes) == tuple(a.x.shape)
+            assert b.x.dtype == torch.float32 and torch.equal(a.x, b.x)
+            assert torch.equal(a.edge_index, b.edge_index)
+        batch_a, batch_b = GraphBatch.collate(dense), GraphBatch.collate(deferred[::-1])
+        assert torch.equal(GraphBatch.collate(dense[::-1]).x, batch_b.x)
+        assert torch.equal(batch_a.x, GraphBatch.collate(deferred).x)
+        assert batch_b.x.shape == (sum(g.n_cells for g in dense), 3)
+
+
+def test_plan_defers_expression_above_the_threshold(monkeypatch):
+    import interscale.graphs._plan as plan
+
+    rng = np.random.default_rng(4)
+    adata, *_ = _random_adata(rng, 40, 3, 2, True)
+    assert not any(
+        g.deferred for g in anndata_to_graphs(adata, layer_key="L", sample_keys=["sample"])
+    )
+    monkeypatch.setattr(plan, "DEFER_DENSE_BYTES", 4 * 40 * 3 - 1)
+    graphs = anndata_to_graphs(adata, layer_key="L", sample_keys=["sample"])
+    assert all(g.deferred for g in graphs)
+    assert "deferred=True" in repr(graphs[0])
+    # a deferred graph keeps a reference to the layer, not a copy of its values
+    assert graphs[0]._x.matrix is adata.layers["L"]

@@ -78,7 +78,8 @@ def _train_and_save(args, main: bool) -> int:
     overrides = _cli_overrides(args)
     cfg = with_overrides(cfg, overrides) if overrides else cfg
     adata, _, model, _ = _set_up_model(cfg, args.h5ad, args.n_samples)
-    print(model.summary())
+    if main:
+        print(model.summary())
     strategy = None if args.strategy == "auto" else args.strategy
     model.train(accelerator=args.accelerator, progress_bar=not args.quiet, strategy=strategy)
     if not main:

@@ -58,7 +58,10 @@ def latent_rank_report(
         if not np.isfinite(val) or val < 0:
             raise ValueError(f"latent_rank_report: {name} must be a finite number >= 0, got {val}")
     z = _embedding(adata, z_key, min_rows=1, what="latent_rank_report")
-    x = z.copy()
+    # Centred and scaled in place: copy only when z is the stored array itself (a float64
+    # embedding with all rows finite); otherwise _embedding already made a fresh array.
+    stored = adata.obsm[z_key]
+    x = z.copy() if isinstance(stored, np.ndarray) and np.shares_memory(z, stored) else z
     if center:
         x -= x.mean(axis=0, keepdims=True)
     if scale:

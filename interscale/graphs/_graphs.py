@@ -24,6 +24,7 @@ def anndata_to_graphs(
     connectivity_key: str = Key.obsp.spatial_connectivities(),
     features: np.ndarray | None = None,
     halo_key: str | None = None,
+    defer_x: bool | None = None,
 ) -> list[SampleGraph]:
     """Turn an AnnData into one graph per sample.
 
@@ -47,6 +48,10 @@ def anndata_to_graphs(
         :func:`interscale.pp.tile`), one column per category of the single sample key. Each
         graph then holds its own cells followed by its halo cells, with every edge of
         ``obsp[connectivity_key]`` among them, and ``core`` marks its own cells.
+    defer_x
+        Graphs hold row indices and densify ``x`` when it is read (``True``), hold a dense
+        ``x`` (``False``), or decide by size (``None``, see
+        :class:`~interscale.graphs.GraphPlan`).
 
     Returns
     -------
@@ -68,6 +73,7 @@ def anndata_to_graphs(
             connectivity_key=connectivity_key,
             features=features,
             halo_key=halo_key,
+            defer_x=defer_x,
         )
     )
 
@@ -81,6 +87,7 @@ def iter_graphs(
     connectivity_key: str = Key.obsp.spatial_connectivities(),
     features: np.ndarray | None = None,
     halo_key: str | None = None,
+    defer_x: bool | None = None,
 ) -> Iterator[SampleGraph]:
     """Like :func:`anndata_to_graphs`, but build each graph only when it is reached.
 
@@ -107,6 +114,10 @@ def iter_graphs(
         :func:`interscale.pp.tile`), one column per category of the single sample key. Each
         graph then holds its own cells followed by its halo cells, with every edge of
         ``obsp[connectivity_key]`` among them, and ``core`` marks its own cells.
+    defer_x
+        Graphs hold row indices and densify ``x`` when it is read (``True``), hold a dense
+        ``x`` (``False``), or decide by size (``None``, see
+        :class:`~interscale.graphs.GraphPlan`).
 
     Returns
     -------
@@ -129,6 +140,7 @@ def iter_graphs(
             connectivity_key=connectivity_key,
             features=features,
             halo_key=halo_key,
+            defer_x=defer_x,
         )
     )
 

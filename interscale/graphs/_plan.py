@@ -11,9 +11,9 @@ import torch
 from anndata import AnnData
 
 from interscale._anndata import layer_matrix
-from interscale.graphs._types import SampleGraph
+from interscale.graphs._types import RowSource, SampleGraph, dense_rows
 
-__all__ = ["GraphPlan", "halo_columns", "sample_labels"]
+__all__ = ["DEFER_DENSE_BYTES", "GraphPlan", "halo_columns", "sample_labels"]
 
 
 def sample_labels(adata: AnnData, sample_keys: Sequence[str]) -> pd.Series:
@@ -56,11 +56,12 @@ def sample_labels(adata: AnnData, sample_keys: Sequence[str]) -> pd.Series:
     return labels.reset_index(drop=True)
 
 
-def _rows_dense(matrix, rows: np.ndarray) -> np.ndarray:
-    sub = matrix[rows]
-    if sp.issparse(sub):
-        sub = sub.toarray()
-    return np.ascontiguousarray(np.asarray(sub, dtype=np.float32))
+#: Above this many bytes of dense float32 expression over all graphs of a plan (1 GiB: about
+#: 54,000 cells x 5,000 genes, or 3,000,000 cells x 88 genes), graphs defer their ``x``: each
+#: graph keeps only its row indices into the AnnData's matrix, and the expression is densified
+#: per batch when it is read (:class:`~interscale.graphs.RowSource`). The values are the same
+#: either way; below the threshold ``x`` is made once and kept, as small data always had it.
+DEFER_DENSE_BYTES = 1 << 30
 
 
 def halo_columns(adata: AnnData, sample_keys: Sequence[str], halo_key: str, uniques) -> tuple:
@@ -129,7 +130,11 @@ class GraphPlan:
     """What every sample's graph needs, computed once; each graph's dense ``x`` is made on demand.
 
     Iterating builds the graphs one at a time, so only one sample's expression is densified at
-    once (streaming inference on large sections).
+    once (streaming inference on large sections). When the graphs' dense expression would
+    exceed ``DEFER_DENSE_BYTES`` (or with ``defer_x=True``), the built graphs defer their ``x``:
+    they hold row indices into the layer, and ``x`` is densified when read, one batch at a time
+    (:meth:`GraphBatch.collate <interscale.graphs.GraphBatch.collate>`), so a list of all the
+    graphs (training) never holds the layer densified.
 
     Parameters
     ----------
@@ -148,6 +153,10 @@ class GraphPlan:
         Optional per-cell input features (global-only models).
     halo_key
         obsm key of the halo membership matrix, or ``None``.
+    defer_x
+        Build graphs with deferred expression (``True``), with dense expression (``False``),
+        or decide by size (``None``: deferred above ``DEFER_DENSE_BYTES`` of float32 over all
+        graphs, halo cells counted in every graph they are in).
     """
 
     def __init__(
@@ -160,6 +169,7 @@ class GraphPlan:
         connectivity_key: str | sp.spmatrix | sp.sparray,
         features: np.ndarray | None,
         halo_key: str | None,
+        defer_x: bool | None = None,
     ) -> None:
         if isinstance(connectivity_key, str):
             if connectivity_key not in adata.obsp:
@@ -197,9 +207,11 @@ class GraphPlan:
             self.halo, self.halo_columns = halo_columns(adata, sample_keys, halo_key, uniques)
             self.adjacency = sp.csr_matrix(adjacency)
             self.sizes = counts + np.diff(self.halo.indptr)[self.halo_columns]
+            self.defer_x = self._decide_defer(defer_x)
             return
 
         self.sizes = counts
+        self.defer_x = self._decide_defer(defer_x)
         # Permute the graph so that samples are contiguous; within-sample edges then lie in
         # diagonal blocks and each sample's edges are one contiguous range of the sorted rows.
         order, starts = self.order, self.starts
@@ -214,6 +226,14 @@ class GraphPlan:
         self.rows, self.cols = rows[edge_sort], cols[edge_sort]
         row_graph = row_graph[edge_sort]
         self.edge_starts = np.searchsorted(row_graph, np.arange(len(uniques) + 1), side="left")
+
+    def _decide_defer(self, defer_x: bool | None) -> bool:
+        if defer_x is not None:
+            return bool(defer_x)
+        if getattr(self.matrix, "ndim", None) != 2:
+            return False  # no matrix (empty X): building a graph reports it, as before
+        dense_bytes = 4 * int(np.sum(self.sizes, dtype=np.int64)) * int(self.matrix.shape[1])
+        return dense_bytes > DEFER_DENSE_BYTES
 
     def __len__(self) -> int:
         return len(self.names)
@@ -266,7 +286,9 @@ class GraphPlan:
         return SampleGraph(
             name=self.names[g],
             split=split,
-            x=torch.from_numpy(_rows_dense(self.matrix, nodes)),
+            x=RowSource(self.matrix, nodes)
+            if self.defer_x
+            else torch.from_numpy(dense_rows(self.matrix, nodes)),
             edge_index=torch.from_numpy(np.ascontiguousarray(edge_index)),
             cell_index=torch.from_numpy(nodes.astype(np.int64)),
             features=features,

@@ -6,12 +6,49 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
-__all__ = ["GraphBatch", "SampleGraph"]
+__all__ = ["GraphBatch", "RowSource", "SampleGraph", "dense_rows"]
 
 
-@dataclass
+class RowSource:
+    """Rows of an expression matrix, densified only when they are read.
+
+    Holds a reference to the matrix (dense or sparse, as the AnnData stores it) and the row
+    indices, never a copy of the values: a sample graph whose ``x`` is deferred costs only its
+    row indices until a batch densifies it.
+
+    Parameters
+    ----------
+    matrix
+        Cells x genes (numpy array or scipy sparse matrix), shared, never modified.
+    rows
+        Rows of ``matrix``, in graph node order.
+    """
+
+    def __init__(self, matrix, rows: np.ndarray) -> None:
+        self.matrix = matrix
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_rows, n_genes)`` of the dense rows, known without densifying them."""
+        return (len(self.rows), int(self.matrix.shape[1]))
+
+    def dense(self) -> torch.Tensor:
+        """The rows as a new dense float32 tensor."""
+        return torch.from_numpy(dense_rows(self.matrix, self.rows))
+
+
+def dense_rows(matrix, rows: np.ndarray) -> np.ndarray:
+    """Rows of ``matrix`` (dense or sparse) as a C-contiguous float32 array."""
+    sub = matrix[rows]
+    if sp.issparse(sub):
+        sub = sub.toarray()
+    return np.ascontiguousarray(np.asarray(sub, dtype=np.float32))
+
+
 class SampleGraph:
     """The cells of one sample as a graph.
 
@@ -22,7 +59,10 @@ class SampleGraph:
     split
         Split of the sample (``"train"``, ``"val"``, ``"test"`` or ``""`` when there is no split).
     x
-        Expression of the training layer, float32, shape ``(n_cells, n_genes)``.
+        Expression of the training layer, float32, shape ``(n_cells, n_genes)``. When the graph
+        was built with a :class:`RowSource` (deferred expression, see
+        :class:`~interscale.graphs.GraphPlan`), every read of ``x`` densifies the rows afresh:
+        the graph itself holds no dense copy, and in-place edits of such an ``x`` are not kept.
     edge_index
         Spatial graph in local node indices, shape ``(2, n_edges)``, symmetric, no self loops.
     cell_index
@@ -35,17 +75,56 @@ class SampleGraph:
         cells are core.
     """
 
-    name: str
-    split: str
-    x: torch.Tensor
-    edge_index: torch.Tensor
-    cell_index: torch.Tensor
-    features: torch.Tensor | None = None
-    core: torch.Tensor | None = None
+    __slots__ = ("_x", "cell_index", "core", "edge_index", "features", "name", "split")
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        x: torch.Tensor | RowSource,
+        edge_index: torch.Tensor,
+        cell_index: torch.Tensor,
+        features: torch.Tensor | None = None,
+        core: torch.Tensor | None = None,
+    ) -> None:
+        self.name = name
+        self.split = split
+        self._x = x
+        self.edge_index = edge_index
+        self.cell_index = cell_index
+        self.features = features
+        self.core = core
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Dense float32 expression ``(n_cells, n_genes)`` (made now when deferred)."""
+        return self._x.dense() if isinstance(self._x, RowSource) else self._x
+
+    @x.setter
+    def x(self, value: torch.Tensor | RowSource) -> None:
+        self._x = value
+
+    @property
+    def deferred(self) -> bool:
+        """True when ``x`` is made from the AnnData's matrix on every read."""
+        return isinstance(self._x, RowSource)
 
     @property
     def n_cells(self) -> int:
-        return int(self.x.shape[0])
+        """Nodes of the graph (halo cells included)."""
+        return int(self._x.shape[0])
+
+    @property
+    def n_genes(self) -> int:
+        """Columns of ``x`` (read without densifying a deferred ``x``)."""
+        return int(self._x.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"SampleGraph(name={self.name!r}, split={self.split!r}, n_cells={self.n_cells}, "
+            f"n_genes={self.n_genes}, n_edges={int(self.edge_index.shape[1])}, "
+            f"deferred={self.deferred}, halo={self.core is not None})"
+        )
 
 
 @dataclass
@@ -104,7 +183,7 @@ class GraphBatch:
                 ]
             )
         return cls(
-            x=torch.cat([g.x for g in graphs], dim=0),
+            x=_concat_x(graphs),
             edge_index=edge_index,
             ptr=torch.as_tensor(offsets, dtype=torch.long),
             cell_index=torch.cat([g.cell_index for g in graphs]),
@@ -113,3 +192,14 @@ class GraphBatch:
             sizes=sizes,
             core=core,
         )
+
+
+def _concat_x(graphs: Sequence[SampleGraph]) -> torch.Tensor:
+    """The graphs' expression stacked; deferred graphs of one matrix are densified in one go."""
+    sources = [g._x for g in graphs]
+    if all(isinstance(src, RowSource) for src in sources) and all(
+        src.matrix is sources[0].matrix for src in sources
+    ):
+        rows = np.concatenate([src.rows for src in sources])
+        return RowSource(sources[0].matrix, rows).dense()
+    return torch.cat([g.x for g in graphs], dim=0)

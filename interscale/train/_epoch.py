@@ -263,7 +263,7 @@ def evaluate_masked(
         sums += torch.tensor(step, dtype=torch.float64)
         acc.add(target, preds)
     module.train(was_training)
-    n_genes = graphs[0].x.shape[1]
+    n_genes = graphs[0].n_genes  # not .x: a deferred graph would densify to tell
     reduced = all_reduce_tensor(torch.cat([sums, acc.to_vector(heads, n_genes)]), ctx)
     n_cells = max(1, int(round(float(reduced[0]))))
     result = {"loss": float(reduced[1]) / n_cells}
