@@ -103,6 +103,7 @@ def main() -> int:
         "written_by": isc.__version__,
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
         "state_sha256": digests,
     }
     (HERE / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
