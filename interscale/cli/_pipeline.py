@@ -97,8 +97,8 @@ def _own_data_config(args):
 
     if not args.sample_key:
         raise ValueError(
-            "--h5ad without --config needs --sample-key COL (the obs column naming each "
-            "sample, e.g. library_id)"
+            "--h5ad without --config needs --sample-key COL (dataset.sample_key: the obs "
+            "column naming each sample, e.g. library_id), or --config FILE"
         )
     sample_keys = [k for k in args.sample_key.split(",") if k]
     overrides = {
