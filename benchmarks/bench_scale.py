@@ -13,6 +13,13 @@ sizes are opt-in: ``INTERSCALE_BENCH_SCALE=1``; without it their ``setup`` raise
 NotImplementedError and asv reports them as skipped. On CUDA every size runs. In smoke
 mode (``INTERSCALE_BENCH_SMOKE=1``) a single reduced case (``full``, 2,000 cells) runs.
 
+``LargeSampleStepKernel`` times the same step on CUDA with the attention kernel forced:
+``flex`` (FlexAttention over the packed sequence, what ``auto`` picks on CUDA) at 20,000 /
+100,000 / 1,000,000 cells for ``full`` and ``long_range``, and ``math`` (the blocked algorithm,
+what CUDA ran before and still runs under deterministic algorithms) up to 100,000 cells. Its CPU
+parameters are always skipped (FlexAttention runs eagerly on CPU, materialising the scores), except
+in smoke mode, where one 2,000-cell ``full`` step with ``flex`` checks the code path.
+
 ``TiledModelOutput`` runs ``get_model_output`` (masked, ``neighbourhood`` scope) on one section
 of 20,000 / 200,000 cells split by :func:`interscale.pp.tile` into 16 tiles with a
 100-micrometre halo: tiles are built and processed one at a time and write straight
@@ -50,6 +57,15 @@ MEAN_DEGREE = 10.0
 CASES = (
     ["full-2000"] if SMOKE else ["full-20000", "full-50000", "full-100000", "neighbourhood-1000000"]
 )
+#: ``LargeSampleStepKernel``: scope-cells cases (CUDA only, but for the smoke case).
+KERNEL_SCOPES = ("full", "long_range")
+KERNEL_CASES = (
+    ["full-2000"]
+    if SMOKE
+    else [f"{scope}-{cells}" for cells in (20_000, 100_000, 1_000_000) for scope in KERNEL_SCOPES]
+)
+#: Largest sample the blocked ``math`` kernel is timed at (quadratic time, minutes above).
+MATH_MAX_CELLS = 100_000
 OUTPUT_CELLS = [5_000] if SMOKE else [20_000, 200_000]
 #: Tiles hold at most cells / TILES cells (the k-d split gives 16 tiles; 4 in smoke mode).
 TILES = 3 if SMOKE else 10
@@ -185,6 +201,44 @@ class LargeSampleStep:
     track_cuda_peak_gib.unit = "GiB"
 
 
+class LargeSampleStepKernel(LargeSampleStep):
+    """One-sample step on CUDA with the kernel forced: ``flex`` up to 1M cells, ``math`` to 100k."""
+
+    params = (DEVICES, KERNEL_CASES, ["flex", "math"])
+    param_names = ["device", "case", "kernel"]
+
+    def setup(self, device: str, case: str, kernel: str) -> None:
+        """As :class:`LargeSampleStep`, then the global encoder's kernel is set to ``kernel``."""
+        _, cells = _parse(case)
+        if device == "cpu" and not (SMOKE and kernel == "flex"):
+            raise NotImplementedError("forced attention kernels are CUDA benchmarks")
+        if kernel == "math" and cells > MATH_MAX_CELLS:
+            raise NotImplementedError(
+                f"the blocked kernel is quadratic: skipped above {MATH_MAX_CELLS} cells"
+            )
+        require_device(device)
+        self._kernel = kernel
+        super().setup(device, case)
+
+    def _step(self) -> None:
+        self.module.global_encoder.kernel = self._kernel
+        super()._step()
+
+    def time_step(self, device: str, case: str, kernel: str) -> None:
+        """Wall time of one training step."""
+        self._step()
+
+    def peakmem_step(self, device: str, case: str, kernel: str) -> None:
+        """Peak RSS over setup and one step."""
+        self._step()
+
+    def track_cuda_peak_gib(self, device: str, case: str, kernel: str) -> float:
+        """Peak CUDA memory allocated by one step, GiB (NaN on CPU)."""
+        return super().track_cuda_peak_gib(device, case)
+
+    track_cuda_peak_gib.unit = "GiB"
+
+
 class _RssSampler:
     """Largest resident set size seen while the ``with`` block runs (Linux /proc), bytes."""
 
@@ -313,10 +367,11 @@ class TiledModelOutput:
     track_extra_memory_over_outputs.unit = "ratio"
 
 
-for _cls in (LargeSampleStep, TiledModelOutput):
+for _cls in (LargeSampleStep, LargeSampleStepKernel, TiledModelOutput):
     for _name, _value in SLOW_ATTRS.items():
         setattr(_cls, _name, _value)
 # One 100k-cell full-attention step takes about 10 minutes on 2 CPU cores, setup included.
 LargeSampleStep.timeout = 3600
+LargeSampleStepKernel.timeout = 3600
 TiledModelOutput.timeout = 1800
 del _cls, _name, _value

@@ -18,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "ACCELERATORS",
     "ACTIVATIONS",
+    "ATTENTION_KERNELS",
     "ATTENTION_SCOPES",
     "CLASSIFICATION_LOSSES",
     "DECODER_TYPES",
@@ -25,6 +26,7 @@ __all__ = [
     "HEADS",
     "LOCAL_COMPONENTS",
     "LR_SCHEDULERS",
+    "PRECISIONS",
     "PREDICTION_MODES",
     "REGRESSION_LOSSES",
     "SPLITS",
@@ -38,6 +40,10 @@ LOCAL_COMPONENTS: tuple[str, ...] = ("GCN", "GIN")
 GLOBAL_COMPONENTS: tuple[str, ...] = ("self-attn-transformer",)
 #: Which cells a cell's query attends to in the global Transformer.
 ATTENTION_SCOPES: tuple[str, ...] = ("full", "neighbourhood", "long_range")
+#: How the global attention is computed: ``auto`` (FlexAttention on CUDA outside deterministic
+#: mode, else the blocked kernel), ``flash``/``math`` (the blocked kernel, fused or plain) or
+#: ``flex`` (FlexAttention on any device).
+ATTENTION_KERNELS: tuple[str, ...] = ("auto", "flash", "math", "flex")
 #: Feed-forward activations of the Transformer.
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 #: Decoders from an embedding back to expression.
@@ -54,6 +60,9 @@ STRATEGIES: tuple[str, ...] = ("single", "ddp")
 LR_SCHEDULERS: tuple[str, ...] = ("CosineWarmupScheduler", "ReduceLROnPlateau")
 #: Values of the split column, each assigned to whole samples.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Numerical precision of training and inference: float32 throughout, or bfloat16 autocast
+#: forward passes with the loss in float32.
+PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed")
 #: How ``get_model_output`` stores predictions: float32 layers, float16 layers, or none.
 PREDICTION_MODES: tuple[str, ...] = ("dense", "float16", "none")
 #: The two scales, in the order every table and plot lists them.

@@ -188,8 +188,8 @@ TRAINING = _nb(
     [
         code(
             "import anndata as ad\n\n"
-            "from interscale.evaluation import heldout_r2\n"
-            "from interscale.config import load_config, with_overrides\n\n"
+            "from interscale.config import load_config, with_overrides\n"
+            "from interscale.evaluation import heldout_r2\n\n"
             'cfg = with_overrides(load_config(config_path), {**config_overrides, "optim.n_epochs": epochs})\n'
             "isc.tl.set_full_reproducibility(cfg.optim.seed)\n"
             'adata = ad.read_h5ad(data_dir / "preprocessed.h5ad")\n'
@@ -425,9 +425,8 @@ ATTENTION = _nb(
     [
         code(
             "import anndata as ad\n\n"
-            "from interscale.evaluation import heldout_r2\n"
             "from interscale.config import load_config, with_overrides\n"
-            "from interscale.evaluation import calculate_gene_ranks\n\n"
+            "from interscale.evaluation import calculate_gene_ranks, heldout_r2\n\n"
             'adata = ad.read_h5ad(data_dir / "trained.h5ad")\n'
             'cfg = with_overrides(load_config(config_path), {**config_overrides, "optim.n_epochs": epochs})\n'
             'samples = list(adata.obs["sample"].cat.categories[:3])\n'

@@ -138,3 +138,79 @@ def test_cuda_training_is_bit_identical_under_full_reproducibility(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         digests.append([line for line in done.stdout.splitlines() if line.startswith("DIGEST")])
     assert digests[0] and digests[0] == digests[1]
+
+
+def _flex_batch(sizes=(60, 25, 90), p_edge=0.1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ptr = torch.tensor([0, *np.cumsum(sizes).tolist()])
+    edges = []
+    for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist(), strict=True):
+        adj = torch.rand(b - a, b - a, generator=gen) < p_edge
+        adj = adj | adj.T
+        adj.fill_diagonal_(False)
+        edges.append(adj.nonzero().T + a)
+    return ptr, torch.cat(edges, 1)
+
+
+@pytest.mark.parametrize("scope", ["full", "long_range"])
+def test_flex_path_gradients_match_cpu_float64(scope, monkeypatch):
+    """``auto`` runs FlexAttention on CUDA; outputs and gradients agree with CPU float64."""
+    from interscale.nn import GlobalEncoder
+    from interscale.nn import _global as global_module
+
+    calls = []
+    real = global_module.flex_attention_packed
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].device.type)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(global_module, "flex_attention_packed", spy)
+    torch.manual_seed(0)
+    ptr, ei = _flex_batch()
+    enc = GlobalEncoder(attention=scope, dropout=0.0).double()
+    h = torch.randn(int(ptr[-1]), 16, dtype=torch.float64)
+    results = {}
+    for device, dtype in (("cpu", torch.float64), ("cuda", torch.float32)):
+        module = copy.deepcopy(enc).to(device, dtype)
+        x = h.to(device, dtype).requires_grad_()
+        out = module(x, ptr.to(device), ei.to(device), need_attention=True)
+        loss = out.embedding.pow(2).sum() + out.cls.sum()
+        loss.backward()
+        grads = {n: p.grad.double().cpu() for n, p in module.named_parameters()}
+        grads["input"] = x.grad.double().cpu()
+        results[device] = (out.embedding.double().cpu(), out.cls_attention.double().cpu(), grads)
+    assert calls == ["cuda", "cuda"]  # CPU kept the blocked kernel; CUDA used flex in 2 layers
+    cpu, gpu = results["cpu"], results["cuda"]
+    torch.testing.assert_close(gpu[0], cpu[0], atol=ATOL, rtol=1e-3)
+    torch.testing.assert_close(gpu[1], cpu[1], atol=ATOL, rtol=1e-3)
+    for name, grad in cpu[2].items():
+        torch.testing.assert_close(gpu[2][name], grad, atol=1e-3, rtol=1e-2, msg=name)
+
+
+def test_auto_kernel_picks_flex_on_cuda_but_not_under_determinism():
+    from interscale.nn._flex import flex_available, resolve_kernel
+
+    q = torch.zeros(1, device="cuda")
+    assert resolve_kernel("auto", q) == ("flex" if flex_available() else "auto")
+    old = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert resolve_kernel("auto", q) == "auto"
+    finally:
+        torch.use_deterministic_algorithms(old)
+
+
+def test_flex_bucket_reuses_compiled_kernel():
+    """Two steps whose lengths fall in one bucket run the same compiled kernel (no recompile)."""
+    from interscale.nn._flex import PackedLayout, bucket_length, flex_attention_packed
+
+    assert bucket_length(1000) == bucket_length(1010)
+    outs = []
+    for i, n in enumerate((997, 1007)):
+        layout = PackedLayout(torch.tensor([0, n // 3, n], device="cuda"))
+        assert layout.padded_length == bucket_length(1000)
+        q = torch.randn(1, 4, layout.padded_length, 4, device="cuda")
+        with torch._dynamo.config.patch(error_on_recompile=i > 0):
+            outs.append(flex_attention_packed(q, q, q, layout))
+    assert all(bool(torch.isfinite(o).all()) for o in outs)

@@ -260,3 +260,15 @@ def test_lr_scheduler_null_keeps_the_rate_and_plateau_is_refused():
     plateau = CombinedModel(adata, _cfg(**{"optim.lr_scheduler": "ReduceLROnPlateau"}))
     with pytest.raises(ValueError, match="ReduceLROnPlateau"):
         plateau.train(progress_bar=False)
+
+
+def test_the_kernel_setting_reaches_the_encoder_and_flex_agrees_on_cpu(trained):
+    model, adata, path = trained
+    flex_cfg = _cfg(**{"model.global_component.parameters.kernel": "flex"})
+    flex = CombinedModel.load(path, adata.copy(), cfg=flex_cfg, verbose=False)
+    assert flex.module.global_encoder.kernel == "flex"
+    assert model.module.global_encoder.kernel == "auto"
+    a = model.get_model_output(adata.copy(), masked=False)
+    b = flex.get_model_output(adata.copy(), masked=False)
+    for key in ("_global_emb", "_local_emb"):
+        np.testing.assert_allclose(a.obsm[key], b.obsm[key], rtol=1e-5, atol=1e-5)

@@ -224,6 +224,8 @@ CONFIG_PATHS = {
     "optim.loss": names.REGRESSION_LOSSES + names.CLASSIFICATION_LOSSES,
     "optim.accelerator": names.ACCELERATORS,
     "optim.lr_scheduler": names.LR_SCHEDULERS,
+    "optim.precision": names.PRECISIONS,
+    "model.global_component.parameters.kernel": names.ATTENTION_KERNELS,
 }
 
 _CLASSIFICATION = {"dataset.prediction_task": "classification", "dataset.prediction_obs": "cls"}
@@ -284,3 +286,14 @@ def test_key_builders_refuse_an_unknown_head(build):
         build("both")
     with pytest.raises(ValueError, match="head must be one of"):
         build("Local", prefix="run1")
+
+
+def test_the_global_encoder_accepts_exactly_the_attention_kernels():
+    from interscale.nn import GlobalEncoder
+    from interscale.nn._attention import _KERNELS
+
+    assert _KERNELS is names.ATTENTION_KERNELS
+    for kernel in names.ATTENTION_KERNELS:
+        assert GlobalEncoder(n_embed=8, n_heads=2, kernel=kernel).kernel == kernel
+    with pytest.raises(ValueError, match="kernel"):
+        GlobalEncoder(n_embed=8, n_heads=2, kernel="triton")

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from interscale.names import (
     ACTIVATIONS,
+    ATTENTION_KERNELS,
     ATTENTION_SCOPES,
     DECODER_TYPES,
     GLOBAL_COMPONENTS,
@@ -125,6 +126,12 @@ class GlobalParameters(_Section):
         Compatibility only (default 0).
     type_gex_embedding
         Compatibility only (default ``None``).
+    kernel
+        How the ``full``/``long_range`` attention is computed: ``"auto"`` (default: FlexAttention
+        on CUDA outside deterministic mode, else the blocked kernel), ``"flash"`` or ``"math"``
+        (the blocked kernel, fused or plain) or ``"flex"`` (FlexAttention on any device; on CPU
+        it runs eagerly and is meant for checks). Not part of the architecture: a checkpoint
+        loads under any kernel.
     """
 
     _PATH: ClassVar[str] = "model.global_component.parameters"
@@ -139,6 +146,7 @@ class GlobalParameters(_Section):
     attention: str = "full"
     long_range_mask_hops: int = 0
     type_gex_embedding: str | None = None
+    kernel: str = "auto"
 
     @classmethod
     def _prepare(cls, kwargs: dict[str, Any]) -> None:
@@ -185,6 +193,7 @@ class GlobalParameters(_Section):
             "type_gex_embedding",
             _as_opt_str(self.type_gex_embedding, f"{p}.type_gex_embedding"),
         )
+        _as_choice(self.kernel, f"{p}.kernel", ATTENTION_KERNELS)
 
 
 @dataclass(frozen=True)

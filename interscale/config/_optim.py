@@ -9,6 +9,7 @@ from interscale.names import (
     ACCELERATORS,
     CLASSIFICATION_LOSSES,
     LR_SCHEDULERS,
+    PRECISIONS,
     REGRESSION_LOSSES,
 )
 
@@ -63,6 +64,11 @@ class OptimConfig(_Section):
         Compatibility only (default ``"auto"``); InterScale monitors the validation loss.
     grad_clip
         Maximum gradient norm, > 0, or ``None`` for no clipping (default).
+    precision
+        ``"32"`` (default: float32 everywhere, bit-identical to earlier versions) or
+        ``"bf16-mixed"``: the forward passes of training, validation and inference run under
+        ``torch.autocast`` in bfloat16 while the loss is computed in float32 and outputs are
+        stored as float32. A YAML integer ``32`` is accepted as ``"32"``.
     """
 
     _PATH: ClassVar[str] = "optim"
@@ -84,6 +90,7 @@ class OptimConfig(_Section):
     min_epochs: int = 40
     monitor: str = "auto"
     grad_clip: float | None = None
+    precision: str = "32"
 
     def __post_init__(self) -> None:
         p = self._PATH
@@ -115,3 +122,7 @@ class OptimConfig(_Section):
         if not _is_unset(clip):
             clip = _as_float(clip, f"{p}.grad_clip", low=0, low_open=True)
         _set(self, "grad_clip", None if _is_unset(clip) else clip)
+        precision = self.precision
+        if isinstance(precision, int) and not isinstance(precision, bool):
+            precision = str(precision)  # `precision: 32` in YAML
+        _set(self, "precision", _as_choice(precision, f"{p}.precision", PRECISIONS))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from interscale.graphs import GraphBatch, SampleGraph
 from interscale.names import HEADS, PREDICTION_MODES, Key
-from interscale.train import fold_masks
+from interscale.train import autocast, fold_masks
 
 __all__ = [
     "DENSE_PREDICTIONS_MAX_BYTES",
@@ -276,11 +276,14 @@ def run_inference(
     fold_seed: int,
     attention_top_k: int,
     progress_bar: bool,
+    precision: str = "32",
 ) -> None:
     """The per-graph inference loop shared by every consumer.
 
     The fold draws advance on every graph in the same order, so a consumer that skips graphs
-    (none of its cells there) sees the same folds as one that does not.
+    (none of its cells there) sees the same folds as one that does not. Under
+    ``precision="bf16-mixed"`` the forward passes run in bfloat16 autocast; every output
+    handed to the consumer is float32 all the same.
     """
     was_training = module.training
     module.eval()
@@ -297,15 +300,16 @@ def run_inference(
                 continue
             batch = single_batch(graph).to(device)
             if consumer.needs_full_pass or not masked:
-                out = module(
-                    batch.x,
-                    batch.edge_index,
-                    batch.ptr,
-                    mask=None,
-                    features=batch.features,
-                    need_attention=module.has_global,
-                    attention_top_k=attention_top_k,
-                )
+                with autocast(precision, device):
+                    out = module(
+                        batch.x,
+                        batch.edge_index,
+                        batch.ptr,
+                        mask=None,
+                        features=batch.features,
+                        need_attention=module.has_global,
+                        attention_top_k=attention_top_k,
+                    )
                 consumer.full(graph, rows, core, out)
                 if not masked:
                     preds = {h: _core_numpy(getattr(out, f"y_{h}"), core) for h in heads}
@@ -315,9 +319,14 @@ def run_inference(
                 nodes = graph.cell_index.numpy()
                 for mask in fold_masks(graph.n_cells, pct_mask_nodes, fold_gen, graph.core):
                     mask_dev = mask.to(device)
-                    fold = module(
-                        batch.x, batch.edge_index, batch.ptr, mask=mask_dev, features=batch.features
-                    )
+                    with autocast(precision, device):
+                        fold = module(
+                            batch.x,
+                            batch.edge_index,
+                            batch.ptr,
+                            mask=mask_dev,
+                            features=batch.features,
+                        )
                     preds = {
                         h: getattr(fold, f"y_{h}")[mask_dev].float().cpu().numpy() for h in heads
                     }
@@ -345,6 +354,7 @@ def infer(
     attention_top_k: int,
     progress_bar: bool = False,
     predictions: str = "dense",
+    precision: str = "32",
 ) -> ModelOutputs:
     """Run ``module`` over ``graphs`` in eval mode, one graph at a time.
 
@@ -370,6 +380,9 @@ def infer(
     predictions
         ``"dense"`` (float32 layers), ``"float16"`` (float16 layers) or ``"none"`` (no
         prediction layers; ``y_local``/``y_global`` are None).
+    precision
+        ``"32"`` or ``"bf16-mixed"`` (forward passes under bfloat16 autocast; the outputs are
+        float32 either way).
 
     Returns
     -------
@@ -386,6 +399,7 @@ def infer(
         fold_seed=fold_seed,
         attention_top_k=attention_top_k,
         progress_bar=progress_bar,
+        precision=precision,
     )
     return buffers.finish()
 

@@ -219,6 +219,7 @@ def module_from_config(
             "activation": gp.activation_func,
             "num_layers": gp.num_layers,
             "attention": gp.attention,
+            "kernel": gp.kernel,
         },
         decoder_kwargs={
             "kind": model_cfg.decoder.type,

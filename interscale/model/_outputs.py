@@ -134,6 +134,7 @@ def model_output(
         progress_bar=progress_bar,
         predictions=mode,
         **fold_settings(model.cfg),
+        precision=model.cfg.optim.precision,
     )
     write_outputs(adata, outputs, prefix)
     model._record_uns(
@@ -172,6 +173,7 @@ def model_gene_r2(
         masked=masked,
         progress_bar=progress_bar,
         **fold_settings(model.cfg),
+        precision=model.cfg.optim.precision,
     )
     return gene_r2_frame(r2, model.gene_names, selection, masked)
 

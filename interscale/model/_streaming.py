@@ -148,6 +148,7 @@ def stream_gene_r2(
     pct_mask_nodes: float,
     fold_seed: int,
     progress_bar: bool = False,
+    precision: str = "32",
 ) -> dict[str, np.ndarray]:
     """Per-gene R^2 of each head over the ``selected`` cells, no prediction layer kept.
 
@@ -158,7 +159,7 @@ def stream_gene_r2(
 
     Parameters
     ----------
-    module, graphs, masked, pct_mask_nodes, fold_seed, progress_bar
+    module, graphs, masked, pct_mask_nodes, fold_seed, progress_bar, precision
         As for :func:`infer`.
     truth
         The training layer (dense or sparse, ``n_obs x n_genes``), read row block by block.
@@ -184,6 +185,7 @@ def stream_gene_r2(
         fold_seed=fold_seed,
         attention_top_k=1,
         progress_bar=progress_bar,
+        precision=precision,
     )
     return accumulator.finish()
 

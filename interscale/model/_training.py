@@ -131,6 +131,7 @@ class TrainingMixin:
             resume=resume,
             strategy=strategy,
             cosine=optim.lr_scheduler is not None,
+            precision=optim.precision,
         )
         result = fit(self.module, train_graphs, val_graphs, settings, device)
         self.history_ = result.history
@@ -184,4 +185,5 @@ class TrainingMixin:
             seed=self.cfg.optim.seed + 2 if seed is None else seed,
             loss=self.cfg.optim.loss,
             device=self.device,
+            precision=self.cfg.optim.precision,
         )

@@ -21,7 +21,9 @@ masks are rebuilt block by block there (in one reused buffer).  Peak memory is t
 ``O(block * L)`` rather than ``O(L^2)``, and the per-block mask costs almost nothing next to the
 exponentials (measured in ``scripts/bench_attention.py``).  Where the fused kernel is unavailable
 (other devices or dtypes, older PyTorch) the same blocked algorithm runs with plain tensor
-operations (``kernel="math"``).
+operations (``kernel="math"``).  On CUDA, ``kernel="auto"`` runs ``full`` and ``long_range``
+with FlexAttention over all samples packed in one sequence instead (:mod:`interscale.nn._flex`),
+except under deterministic algorithms; ``kernel="flex"`` forces that path on any device.
 
 ``neighbourhood`` uses an edge softmax over the edge list plus the CLS key: ``O(edges)`` memory,
 no per-sample loop.
@@ -40,7 +42,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from interscale.names import ATTENTION_SCOPES
+from interscale.names import ATTENTION_KERNELS, ATTENTION_SCOPES
 from interscale.nn._masks import KeyMask, dense_scope_mask
 
 __all__ = [
@@ -53,7 +55,9 @@ __all__ = [
     "flash_kernel_available",
 ]
 
-_KERNELS = ("auto", "flash", "math")
+# Every kernel name GlobalEncoder accepts; "flex" (packed FlexAttention) lives in ``_flex.py``.
+_KERNELS = ATTENTION_KERNELS
+_BLOCKED_KERNELS = ("auto", "flash", "math")
 # Upper bound on the number of score entries materialised at once when attention weights are
 # requested (heads x rows x keys); 2**20 float32 values are 4 MiB. Chunks this small stay in
 # cache and reuse the allocator's memory: 64 MiB chunks made get_model_output 4x slower.
@@ -231,7 +235,8 @@ def blocked_attention(
         Query rows per block; memory per block is ``O(block_size * L)``.
     kernel
         ``"flash"`` (fused CPU kernel), ``"math"`` (plain tensor operations) or ``"auto"`` (flash
-        where available).
+        where available). bfloat16 / float16 inputs are computed in float32 (mixed precision
+        keeps the softmax statistics in float32) and returned in their own dtype.
 
     Returns
     -------
@@ -244,10 +249,16 @@ def blocked_attention(
         If ``kernel`` is unknown, ``block_size`` is not positive, or ``kernel="flash"`` is asked
         for a tensor that the fused kernel cannot process.
     """
-    if kernel not in _KERNELS:
-        raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+    if kernel not in _BLOCKED_KERNELS:
+        raise ValueError(f"kernel must be one of {_BLOCKED_KERNELS}, got {kernel!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if q.dtype in (torch.bfloat16, torch.float16):
+        # Mixed precision: the softmax statistics (row max, log-sum-exp) and the accumulation
+        # run in float32, as the fused kernel needs; the output goes back to the input dtype.
+        with torch.autocast(q.device.type, enabled=False):
+            out = blocked_attention(q.float(), k.float(), v.float(), key_mask, block_size, kernel)
+        return out.to(q.dtype)
     available = flash_kernel_available(q)
     if kernel == "flash" and not available:
         raise ValueError(

@@ -19,6 +19,7 @@ from ._attention import (
     edge_attention,
     topk_per_row,
 )
+from ._flex import PackedLayout, flex_attention_packed, flex_attention_weights, resolve_kernel
 
 __all__ = ["GlobalEncoder", "GlobalEncoderOutput"]
 
@@ -76,6 +77,14 @@ class _SampleLayout:
                 local_ptr = rowptr[a : b + 1] - rowptr[a]
                 local_src = src[int(rowptr[a]) : int(rowptr[b])] - a
                 self.masks.append(KeyMask(b - a, local_ptr, local_src))
+        self._packed: PackedLayout | None = None
+
+    def packed(self) -> PackedLayout:
+        """All samples in one sequence for FlexAttention (built on first use, shared by layers)."""
+        if self._packed is None:
+            ei = self.edge_index if self.scope == "long_range" else None
+            self._packed = PackedLayout(self.ptr, ei)
+        return self._packed
 
 
 def _validate_inputs(h: Tensor, ptr: Tensor, edge_index: Tensor | None, scope: str, e: int):
@@ -147,6 +156,8 @@ class _SelfAttention(nn.Module):
                 ei = layout.edge_index
                 weights = topk_per_row(ei[1], ei[0], a_edge.detach().mean(1), n, top_k)
                 cls_w = b_cells.detach().mean(1)
+        elif resolve_kernel(kernel, qkv) == "flex":
+            attn, weights, cls_w = self._flex(qkv, layout, need_weights, top_k)
         else:
             cell_out, cls_out, w_list, c_list = [], [], [], []
             for b, (a, z) in enumerate(pairwise(layout.bounds)):
@@ -167,6 +178,23 @@ class _SelfAttention(nn.Module):
                 weights = AttentionWeights(*(torch.cat(t) for t in zip(*w_list, strict=True)))
                 cls_w = torch.cat(c_list)
         return self.out_proj(attn), weights, cls_w
+
+    @staticmethod
+    def _flex(
+        qkv: Tensor, layout: _SampleLayout, need_weights: bool, top_k: int
+    ) -> tuple[Tensor, AttentionWeights | None, Tensor | None]:
+        """``full``/``long_range`` attention of all samples at once through FlexAttention."""
+        packed = layout.packed()
+        n_tokens, _, h, d = qkv.shape
+        # [padded_length, 3, H, d] -> three [1, H, padded_length, d]
+        q, k, v = (t.unsqueeze(0).contiguous() for t in packed.pack(qkv).permute(1, 2, 0, 3))
+        out = flex_attention_packed(q, k, v, packed)
+        attn = packed.unpack(out[0].transpose(0, 1).reshape(-1, h * d))
+        if not need_weights:
+            return attn, None, None
+        with torch.no_grad():
+            weights, cls_w = flex_attention_weights(q, k, packed, top_k)
+        return attn, weights, cls_w
 
 
 class _EncoderLayer(nn.Module):
@@ -258,7 +286,10 @@ class GlobalEncoder(nn.Module):
         Apply the input LayerNorm twice to the cells (once alone, once together with the CLS
         token), as the published implementation does; default False (once).
     kernel
-        ``"auto"`` (fused CPU flash kernel where available), ``"flash"`` or ``"math"``.
+        ``"auto"`` (FlexAttention over packed samples on CUDA unless deterministic algorithms are
+        on, else the fused CPU flash kernel where available), ``"flex"`` (FlexAttention on any
+        device; on CPU eager and for checks only), ``"flash"`` or ``"math"`` (blocked kernels).
+        Only ``full`` and ``long_range`` use it; see :mod:`interscale.nn._flex`.
 
     Raises
     ------

@@ -4,14 +4,17 @@ from interscale.train._distributed import STRATEGIES, check_launch, env_world, r
 from interscale.train._epoch import evaluate_masked
 from interscale.train._losses import LOSSES, make_loss
 from interscale.train._masking import draw_mask, fold_masks
+from interscale.train._precision import PRECISIONS, autocast
 from interscale.train._settings import TrainResult, TrainSettings, resolve_device, warmup_steps
 from interscale.train._trainer import fit
 
 __all__ = [
     "LOSSES",
+    "PRECISIONS",
     "STRATEGIES",
     "TrainResult",
     "TrainSettings",
+    "autocast",
     "check_launch",
     "draw_mask",
     "env_world",

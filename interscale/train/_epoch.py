@@ -18,6 +18,7 @@ from interscale.graphs import GraphBatch, SampleGraph, batch_groups
 from interscale.train._distributed import DistContext, all_reduce_tensor, single_process
 from interscale.train._losses import make_loss
 from interscale.train._masking import draw_mask
+from interscale.train._precision import autocast, to_float32
 from interscale.train._settings import TrainSettings
 
 __all__ = ["R2Accumulator", "batch_masks", "evaluate_masked", "head_names", "train_epoch"]
@@ -89,16 +90,21 @@ def head_names(module: torch.nn.Module) -> list[str]:
     return heads
 
 
-def _step_losses(module, batch: GraphBatch, mask: torch.Tensor, loss_fn):
-    """Forward one batch with ``mask``; the mean loss over heads, each head's, preds, target."""
-    out = module(batch.x, batch.edge_index, batch.ptr, mask=mask, features=batch.features)
+def _step_losses(module, batch: GraphBatch, mask: torch.Tensor, loss_fn, precision: str = "32"):
+    """Forward one batch with ``mask``; the mean loss over heads, each head's, preds, target.
+
+    The forward pass runs in the autocast context of ``precision``; the predictions are cast
+    to float32 (a no-op under ``"32"``) and the loss is computed outside the context.
+    """
+    with autocast(precision, batch.x.device):
+        out = module(batch.x, batch.edge_index, batch.ptr, mask=mask, features=batch.features)
     target = batch.x[mask]
     losses, preds = {}, {}
     if out.y_local is not None:
-        preds["local"] = out.y_local[mask]
+        preds["local"] = to_float32(out.y_local[mask])
         losses["local"] = loss_fn(preds["local"], target)
     if out.y_global is not None:
-        preds["global"] = out.y_global[mask]
+        preds["global"] = to_float32(out.y_global[mask])
         losses["global"] = loss_fn(preds["global"], target)
     total = sum(losses.values()) / len(losses)
     return total, losses, preds, target
@@ -152,7 +158,7 @@ def _train_step(net, graphs, masks, counts, optimizer, scheduler, loss_fn, setti
     batch = GraphBatch.collate(share).to(ctx.device)
     mask = torch.cat(share_masks).to(ctx.device)
     optimizer.zero_grad(set_to_none=True)
-    total, losses, _, _ = _step_losses(net, batch, mask, loss_fn)
+    total, losses, _, _ = _step_losses(net, batch, mask, loss_fn, settings.precision)
     parts = [total, *losses.values()]
     local_sums = [float(v.detach()) * k_local if k_local else 0.0 for v in parts]
     sums = all_reduce_tensor(torch.tensor(local_sums, dtype=torch.float64), ctx)
@@ -220,6 +226,7 @@ def evaluate_masked(
     loss: str,
     device: torch.device | None = None,
     ctx: DistContext | None = None,
+    precision: str = "32",
 ) -> dict[str, float]:
     """Loss and R^2 per head on freshly masked cells of ``graphs`` (eval mode, fixed seed).
 
@@ -239,6 +246,9 @@ def evaluate_masked(
         Where to run (one process); ignored when ``ctx`` is given.
     ctx
         The rank's context (default: one process on ``device``).
+    precision
+        ``"32"`` or ``"bf16-mixed"`` (forward passes under bfloat16 autocast, loss and
+        statistics in float32).
     """
     if ctx is None:
         ctx = single_process(device if device is not None else torch.device("cpu"))
@@ -256,7 +266,7 @@ def evaluate_masked(
             continue  # nothing masked here: the loss would be a mean over no cells
         batch = GraphBatch.collate(share).to(ctx.device)
         mask = torch.cat(share_masks).to(ctx.device)
-        total, losses, preds, target = _step_losses(module, batch, mask, loss_fn)
+        total, losses, preds, target = _step_losses(module, batch, mask, loss_fn, precision)
         k = int(mask.sum())
         step = [float(k), float(total.detach()) * k]
         step += [float(losses[h].detach()) * k for h in heads]

@@ -44,6 +44,9 @@ class TrainSettings:
     cosine
         Decay the learning rate along a cosine after the warmup (the published
         ``CosineWarmupScheduler``); ``False`` keeps it constant after the warmup.
+    precision
+        ``"32"`` (float32) or ``"bf16-mixed"`` (:data:`interscale.names.PRECISIONS`): forward
+        passes of training and validation under bfloat16 autocast, the loss in float32.
     """
 
     max_epochs: int
@@ -65,6 +68,7 @@ class TrainSettings:
     resume: bool = False
     strategy: str = "single"
     cosine: bool = True
+    precision: str = "32"
 
 
 @dataclass

@@ -31,6 +31,7 @@ from interscale.train._distributed import (
 )
 from interscale.train._epoch import evaluate_masked, train_epoch
 from interscale.train._losses import make_loss
+from interscale.train._precision import check_precision
 from interscale.train._settings import TrainResult, TrainSettings
 from interscale.train._state import (
     STATE_FILE,
@@ -166,6 +167,7 @@ def _fit(
     ctx: DistContext,
 ) -> TrainResult:
     """Run the epochs on this rank: train, validate, keep the best weights, save, stop."""
+    check_precision(settings.precision)
     module.to(ctx.device)
     loss_fn = make_loss(settings.loss)
     run = _Run(module, settings, len(train_graphs))
@@ -208,6 +210,7 @@ def _fit(
                 seed=settings.seed + 2,
                 loss=settings.loss,
                 ctx=ctx,
+                precision=settings.precision,
             )
             row.update({f"val_{k}": v for k, v in val.items()})
         row["lr"] = run.optimizer.param_groups[0]["lr"]
