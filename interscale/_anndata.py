@@ -17,6 +17,7 @@ from anndata import AnnData
 from interscale.names import Key
 
 __all__ = [
+    "CONSTANT_RTOL",
     "MIRRORED_SETUP_KEYS",
     "CellSelection",
     "check_anndata",
@@ -27,6 +28,12 @@ __all__ = [
     "select_cells",
     "split_names",
 ]
+
+#: A gene (column) whose sd within the scored cells is below this fraction of ``|mean|`` is
+#: constant there, and its R^2 undefined: chunked float64 sums of a constant column can leave a
+#: rounding-level, non-zero sum of squares. One rule for evaluation's per-gene R^2 and the
+#: model's streaming R^2, which must agree.
+CONSTANT_RTOL = 1e-9
 
 #: Setup fields also kept at the top level of ``uns["interscale"]`` (the documented contract).
 MIRRORED_SETUP_KEYS = ("layer_key", "sample_key", "split_key")

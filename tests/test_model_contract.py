@@ -100,6 +100,9 @@ def test_graph_from_config_matches_spatial_neighbors_and_writes_only_when_asked(
     assert _fingerprint(adata) == before
     isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
     assert (graph != adata.obsp["spatial_connectivities"]).nnz == 0
+    # several sample keys separate their combinations (condition is constant per sample here)
+    combined = isc.pp.spatial_graph_from_config(adata, cfg, ["condition", "sample"], key_added=None)
+    assert (combined != graph).nnz == 0
     # a kNN rule and another coordinate key are honoured too
     adata.obsm["xy"] = adata.obsm.pop("spatial") * 2.0
     knn = _cfg(**{

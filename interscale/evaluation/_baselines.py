@@ -17,8 +17,8 @@ import scipy.linalg
 import scipy.sparse as sp
 from anndata import AnnData
 
-from interscale._anndata import check_not_view, obs_column_codes
-from interscale.evaluation._utils import _CONSTANT_RTOL, _get_matrix, _Moments
+from interscale._anndata import CONSTANT_RTOL, check_not_view, obs_column_codes
+from interscale.evaluation._utils import _get_matrix, _Moments
 from interscale.names import Key
 
 # Rows of features processed at once hold about this many float64 values (32 MiB).
@@ -88,7 +88,7 @@ class _Stats:
         # Constant (to rounding) features: sd 1, so they stay centred zeros, as in StandardScaler.
         level = np.maximum(
             1e-12 * max(1.0, float(sd.max(initial=0.0))),
-            _CONSTANT_RTOL * np.abs(mu + self.f_shift[cols]),
+            CONSTANT_RTOL * np.abs(mu + self.f_shift[cols]),
         )
         sd = np.where(sd > level, sd, 1.0)
         lhs = gram / np.outer(sd, sd)

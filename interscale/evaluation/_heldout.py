@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from interscale._anndata import read_setup
+from interscale._anndata import read_setup, split_names
 from interscale.evaluation._claims import auroc_rank_difference
 from interscale.evaluation._ranks import r2_per_gene
-from interscale.evaluation._resample import _split_names
 from interscale.evaluation._utils import _get_matrix
 
 __all__ = ["HELDOUT_SPLITS", "auroc_with_reason", "heldout_r2", "report_cells"]
@@ -109,7 +108,7 @@ def report_cells(
     ValueError
         Held-out cells are requested but the data has none.
     """
-    names = _split_names(cells) if cells is not None else None
+    names = split_names(cells) if cells is not None else None
     if not names or not set(names) <= set(HELDOUT_SPLITS):
         return cells
     if split_key not in adata.obs.columns:

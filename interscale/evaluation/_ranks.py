@@ -10,13 +10,12 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import rankdata
 
-from interscale._anndata import read_setup
+from interscale._anndata import read_setup, select_cells
 from interscale.evaluation._claims import _print_top
 from interscale.evaluation._resample import (
     MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP,
     bootstrap_gene_r2,
     sample_units,
-    select_cells,
 )
 from interscale.evaluation._utils import _chunk_rows, _get_matrix, _Moments, _row_chunks
 from interscale.names import HEADS

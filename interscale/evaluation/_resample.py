@@ -12,23 +12,15 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.stats import rankdata
 
-from interscale._anndata import (
-    CellSelection,
-    obs_column_codes,
-    read_setup,
-    select_cells,
-    split_names,
-)
+from interscale._anndata import obs_column_codes, read_setup
 from interscale.evaluation._utils import _chunk_rows, _row_chunks
 from interscale.names import HEADS
 
 __all__ = [
     "MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP",
-    "CellSelection",
     "bootstrap_gene_r2",
     "draw_counts",
     "sample_units",
-    "select_cells",
 ]
 
 # Whole samples are resampled when the scored cells come from at least this many samples;
@@ -46,11 +38,6 @@ _SS_TOT_RTOL = 1e-10
 # Statistics per gene and head: valid count, sum of shifted truth, sum of its squares and
 # sum of squared residuals.
 _N_STATS = 4
-
-
-# The cell selection lives in interscale._anndata, shared with the model's streaming gene
-# scores (interscale.model cannot import this package); its names stay importable from here.
-_split_names = split_names
 
 
 def sample_units(

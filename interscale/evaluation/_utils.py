@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from interscale._anndata import layer_matrix
+from interscale._anndata import CONSTANT_RTOL, layer_matrix
 
 # Dense chunks hold about this many float64 values (2 MiB), whatever the number of genes. Small
 # chunks stay in cache and below glibc's mmap threshold, so the temporaries of one chunk reuse
@@ -17,10 +17,6 @@ from interscale._anndata import layer_matrix
 _CHUNK_VALUES = 1 << 18
 # Stored entries of a sparse matrix processed at once by the column statistics.
 _CHUNK_ENTRIES = 1 << 18
-
-# A column whose sd is below this fraction of |mean| is treated as constant: chunked float64
-# sums of a constant column can leave a rounding-level, non-zero sum of squares.
-_CONSTANT_RTOL = 1e-9
 
 
 def _is_sparse(x: Any) -> bool:
@@ -129,7 +125,7 @@ class _Moments:
 
     def constant(self) -> np.ndarray:
         """Columns without variation (within float64 rounding of their mean)."""
-        return self.m2 <= self.n * (_CONSTANT_RTOL * np.abs(self.mean)) ** 2
+        return self.m2 <= self.n * (CONSTANT_RTOL * np.abs(self.mean)) ** 2
 
 
 def _sparse_entries(x: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -235,7 +231,7 @@ def _safe_corr(z: np.ndarray) -> np.ndarray:
     cov = zc.T @ zc
     sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     scale = np.abs(z).max(axis=0) if z.size else np.zeros(z.shape[1])
-    const = sd <= _CONSTANT_RTOL * np.sqrt(z.shape[0]) * np.maximum(scale, 1e-300)
+    const = sd <= CONSTANT_RTOL * np.sqrt(z.shape[0]) * np.maximum(scale, 1e-300)
     sd_safe = np.where(const, 1.0, sd)
     corr = cov / np.outer(sd_safe, sd_safe)
     corr[const, :] = 0.0

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from interscale._anndata import (
+    CONSTANT_RTOL,
     CellSelection,
 )
 from interscale.graphs import SampleGraph
@@ -27,11 +28,6 @@ __all__ = ["gene_r2_frame", "scored_heads", "stream_gene_r2"]
 
 # Truth rows read at once by the R^2 accumulator: about this many float64 values (8 MiB).
 _R2_BLOCK_VALUES = 1 << 20
-
-
-# A gene whose sd within the scored cells is below this fraction of |mean| is constant (R^2
-# NaN): the rule of interscale.evaluation's per-gene R^2, which the streaming R^2 must match.
-_CONSTANT_RTOL = 1e-9
 
 
 def _dense_rows(matrix: Any, rows: np.ndarray) -> np.ndarray:
@@ -102,7 +98,7 @@ class _R2Accumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_c = np.where(n > 0, self.sum / n, 0.0)
             m2 = self.sum_sq - self.sum * mean_c
-            constant = m2 <= n * (_CONSTANT_RTOL * np.abs(self.shift + mean_c)) ** 2
+            constant = m2 <= n * (CONSTANT_RTOL * np.abs(self.shift + mean_c)) ** 2
             ok = (n >= 2) & ~constant
             return {
                 head: np.where(ok, 1.0 - ss / np.where(ok, m2, 1.0), np.nan)

@@ -245,10 +245,13 @@ def spatial_graph_from_config(
                 "spatial_graph_from_config: no column separates the samples; set "
                 "dataset.sample_key or dataset.spatial_neighbors_kwargs.library_key"
             )
+        # one code per combination of the keys' codes (the graph only needs which cells share
+        # a sample); compacted after each key so that the products stay small
+        codes = np.zeros(adata.n_obs, dtype=np.int64)
         for key in keys:
-            obs_column_codes(adata, key, "sample key")
-        labels = adata.obs[keys].astype(str).agg("|".join, axis=1)
-        codes = pd.factorize(labels, sort=True)[0].astype(np.int64)
+            key_codes, names = obs_column_codes(adata, key, "sample key")
+            codes = np.unique(codes * len(names) + key_codes, return_inverse=True)[1]
+        codes = codes.astype(np.int64).ravel()
         library_key = keys[0] if len(keys) == 1 else None
     if key_added is not None:
         check_not_view(adata, "spatial_graph_from_config")
