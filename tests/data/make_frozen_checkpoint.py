@@ -141,7 +141,7 @@ def outputs(adata) -> dict[str, np.ndarray]:
 
 
 def record_machine() -> dict:
-    """This machine's digests of the current code, added to (or replacing) its ``bit_exact`` entry."""
+    """This machine's digests of the current code, added to (or replacing) its ``bit_exact``."""
     meta = json.loads((HERE / "meta.json").read_text())
     digests, _, _ = train_all()
     # the stored checkpoint, loaded and run here: what test_frozen compares with the outputs
