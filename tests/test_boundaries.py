@@ -13,6 +13,10 @@ out, as they never run.
 - Private imports: a module of ``interscale/A/`` may import from ``interscale.B`` (B != A) only
   public modules (no path segment from B on starting with ``_``) and public names. The shared
   floor modules in ``SHARED_MODULES`` may be imported from anywhere.
+- Floors (README, "Architecture"): a package imports only from its own floor and the floors
+  below. ``import interscale`` inside a package reaches every package through the root's
+  attributes, so it counts as an import of the top floor; ``UPWARD_ALLOWED`` lists the one
+  module allowed to do that, and why.
 """
 
 from __future__ import annotations
@@ -28,6 +32,33 @@ PACKAGE = "interscale"
 SOURCE = Path(__file__).resolve().parents[1] / PACKAGE
 # Root-level private modules that are the lowest floor: shared by every package.
 SHARED_MODULES = ("_anndata", "_io", "_plotting", "_version")
+# The floors of README's "Architecture" table, by package (the root's shared modules are floor 0).
+FLOORS = {
+    "interscale.names": 0,
+    "interscale.config": 0,
+    "interscale._anndata": 0,
+    "interscale._io": 0,
+    "interscale._plotting": 0,
+    "interscale._version": 0,
+    "interscale.datasets": 1,
+    "interscale.pp": 1,
+    "interscale.graphs": 2,
+    "interscale.nn": 3,
+    "interscale.train": 4,
+    "interscale.model": 4,
+    "interscale.evaluation": 5,
+    "interscale.tl": 5,
+    "interscale.pl": 6,
+    "interscale.cli": 7,
+    "interscale.__main__": 7,
+    "interscale": 7,  # the root re-exports every package: the top floor, with the command line
+}
+# Modules that may reach upward, each with the reason (a README row says the same).
+UPWARD_ALLOWED = {
+    # the report behind `interscale evaluate` draws with pl and enriches with tl at call time,
+    # through the root package, so that its public name stays interscale.evaluation's
+    ("interscale.evaluation._report", "interscale"): "evaluate_to_folder draws and enriches",
+}
 
 
 @dataclass(frozen=True)
@@ -278,6 +309,36 @@ def test_no_import_of_another_package_private(imports):
     )
 
 
+def upward_imports(imports: Iterable[Import]) -> list[Import]:
+    """Imports of a package on a higher floor than the importing module's package."""
+    bad = []
+    for imp in imports:
+        own, other = package_of(imp.module), package_of(imp.target)
+        if own == PACKAGE:
+            continue  # the root package itself sits above everything
+        if FLOORS[other] > FLOORS[own] and (imp.module, imp.target) not in UPWARD_ALLOWED:
+            bad.append(imp)
+    return bad
+
+
+def test_every_package_has_a_floor():
+    packages = {package_of(module) for module in module_files(SOURCE)}
+    assert packages == set(FLOORS), "add the package to FLOORS (and README's Architecture)"
+
+
+def test_no_import_from_a_higher_floor(imports):
+    bad = upward_imports(imports)
+    assert not bad, f"{len(bad)} import(s) from a higher floor:\n" + "\n".join(
+        "  " + imp.describe() for imp in bad
+    )
+
+
+def test_allowed_upward_imports_still_exist(imports):
+    """An exception that no longer happens is removed from the list (and README)."""
+    found = {(imp.module, imp.target) for imp in imports}
+    assert set(UPWARD_ALLOWED) <= found
+
+
 # ------------------------------------------------------------------- the checker itself
 
 
@@ -366,3 +427,16 @@ def test_find_cycles_reports_every_node_of_a_tangle():
     edges = [("a", "b"), ("b", "a"), ("c", "a"), ("a", "c"), ("c", "d"), ("e", "e")]
     assert find_cycles(edges) == [["a", "b", "a"], ["c", "a", "c"]]
     assert find_cycles([("a", "b"), ("b", "c")]) == []
+
+
+def test_floor_checker_flags_upward_imports_only():
+    planted = [
+        Import("interscale.nn._local", "interscale.model", ("CombinedModel",), 1),  # 3 -> 4
+        Import("interscale.pl._ranks", "interscale", (), 2),  # `import interscale` in pl
+        Import("interscale.model._base", "interscale.train", ("fit",), 3),  # same floor
+        Import("interscale.pl._ranks", "interscale.evaluation", ("driven_genes",), 4),  # down
+        Import("interscale.cli", "interscale", (), 5),  # the top floor uses the root
+        Import("interscale.evaluation._report", "interscale", (), 6),  # the allowed one
+    ]
+    flagged = {imp.line for imp in upward_imports(planted)}
+    assert flagged == {1, 2}
