@@ -124,3 +124,52 @@ class TrainEpoch:
 for _name, _value in SLOW_ATTRS.items():
     setattr(TrainEpoch, _name, _value)
 del _name, _value
+
+
+class AttentionCore:
+    """Forward + backward of the ``full`` attention core of one sample on the CPU, per kernel.
+
+    One layer's attention as the published model runs it (4 heads of dimension 4, the sample's
+    cells and its CLS token): ``cpu`` is InterScale's C kernel (what ``auto`` runs on the CPU),
+    ``flash`` PyTorch's fused flash kernel in row blocks (what ran before). 2,578 cells is the
+    mean Legnini-shaped sample, 4,318 its largest.
+    """
+
+    params = (sizes([2578, 4318, 10000]), ["cpu", "flash"])
+    param_names = ["cells", "kernel"]
+    number = 1
+    repeat = (3, 10, 20.0)
+    rounds = 1
+    warmup_time = 0.0
+
+    def setup(self, cells: int, kernel: str) -> None:
+        """Random queries, keys, values and an output gradient; one warm-up call."""
+        import torch
+
+        from interscale.nn import cpu_kernel_status
+        from interscale.nn._attention import flash_kernel_available
+        from interscale.nn._masks import KeyMask
+
+        if kernel == "cpu" and not cpu_kernel_status().available:
+            raise NotImplementedError(f"C kernel unavailable: {cpu_kernel_status().detail}")
+        if kernel == "flash" and not flash_kernel_available(torch.zeros(1)):
+            raise NotImplementedError("PyTorch's fused CPU flash kernel is unavailable")
+        generator = torch.Generator().manual_seed(0)
+        shape = (1, 4, cells + 1, 4)
+        self.qkv = [torch.randn(shape, generator=generator).requires_grad_() for _ in range(3)]
+        self.grad = torch.randn(shape, generator=generator)
+        self.key_mask = KeyMask(cells)
+        self.kernel = kernel
+        self._run()
+
+    def _run(self) -> None:
+        from interscale.nn._attention import blocked_attention
+
+        q, k, v = self.qkv
+        for t in self.qkv:
+            t.grad = None
+        blocked_attention(q, k, v, self.key_mask, kernel=self.kernel).backward(self.grad)
+
+    def time_forward_backward(self, cells: int, kernel: str) -> None:
+        """Wall time of the forward and backward pass."""
+        self._run()

@@ -41,9 +41,10 @@ GLOBAL_COMPONENTS: tuple[str, ...] = ("self-attn-transformer",)
 #: Which cells a cell's query attends to in the global Transformer.
 ATTENTION_SCOPES: tuple[str, ...] = ("full", "neighbourhood", "long_range")
 #: How the global attention is computed: ``auto`` (FlexAttention on CUDA outside deterministic
-#: mode, else the blocked kernel), ``flash``/``math`` (the blocked kernel, fused or plain) or
-#: ``flex`` (FlexAttention on any device).
-ATTENTION_KERNELS: tuple[str, ...] = ("auto", "flash", "math", "flex")
+#: mode, InterScale's C kernel on the CPU where it builds, else the blocked flash kernel),
+#: ``cpu`` (the C kernel), ``flash``/``math`` (the blocked kernel, fused or plain) or ``flex``
+#: (FlexAttention on any device).
+ATTENTION_KERNELS: tuple[str, ...] = ("auto", "cpu", "flash", "math", "flex")
 #: Feed-forward activations of the Transformer.
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 #: Decoders from an embedding back to expression.

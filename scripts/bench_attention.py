@@ -133,6 +133,7 @@ def bench_kernels(s: int, s_check: int, rounds: int) -> None:
     }
     for block in (256, 1024, s + 1):
         kernels[f"(d) blocked custom Function, flash, block {block}"] = _k_blocked("flash", block)
+    kernels["(e) InterScale's C kernel (kernel='cpu')"] = _k_blocked("cpu", 1024)
     q, k, v = (t.requires_grad_() for t in _qkv(s))
     g = torch.randn_like(q)
     times: dict[str, list[float]] = {name: [] for name in kernels}

@@ -128,10 +128,11 @@ class GlobalParameters(_Section):
         Compatibility only (default ``None``).
     kernel
         How the ``full``/``long_range`` attention is computed: ``"auto"`` (default: FlexAttention
-        on CUDA outside deterministic mode, else the blocked kernel), ``"flash"`` or ``"math"``
-        (the blocked kernel, fused or plain) or ``"flex"`` (FlexAttention on any device; on CPU
-        it runs eagerly and is meant for checks). Not part of the architecture: a checkpoint
-        loads under any kernel.
+        on CUDA outside deterministic mode; on the CPU InterScale's C kernel, built on first use,
+        or the fused flash kernel with a warning where no C compiler works), ``"cpu"`` (the C
+        kernel, float32 on the CPU), ``"flash"`` or ``"math"`` (the blocked kernel, fused or
+        plain) or ``"flex"`` (FlexAttention on any device; on CPU it runs eagerly and is meant
+        for checks). Not part of the architecture: a checkpoint loads under any kernel.
     """
 
     _PATH: ClassVar[str] = "model.global_component.parameters"

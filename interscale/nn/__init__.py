@@ -8,6 +8,8 @@ import importlib
 _EXPORTS = {
     "ATTENTION_SCOPES": "_attention",
     "AttentionWeights": "_attention",
+    "CpuKernelStatus": "_cpu_kernel",
+    "cpu_kernel_status": "_cpu_kernel",
     "DECODER_KINDS": "_decoders",
     "LinearDecoder": "_decoders",
     "LinearLSEDecoder": "_decoders",

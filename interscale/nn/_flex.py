@@ -111,7 +111,7 @@ def resolve_kernel(kernel: str, tensor: Tensor) -> str:
     Parameters
     ----------
     kernel
-        ``"auto"``, ``"flex"``, ``"flash"`` or ``"math"``.
+        ``"auto"``, ``"flex"``, ``"cpu"``, ``"flash"`` or ``"math"``.
     tensor
         A query tensor (only its device matters).
 

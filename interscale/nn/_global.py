@@ -287,8 +287,9 @@ class GlobalEncoder(nn.Module):
         token), as the published implementation does; default False (once).
     kernel
         ``"auto"`` (FlexAttention over packed samples on CUDA unless deterministic algorithms are
-        on, else the fused CPU flash kernel where available), ``"flex"`` (FlexAttention on any
-        device; on CPU eager and for checks only), ``"flash"`` or ``"math"`` (blocked kernels).
+        on; on the CPU InterScale's C kernel, else the fused flash kernel where available),
+        ``"cpu"`` (the C kernel), ``"flex"`` (FlexAttention on any device; on CPU eager and for
+        checks only), ``"flash"`` or ``"math"`` (blocked kernels).
         Only ``full`` and ``long_range`` use it; see :mod:`interscale.nn._flex`.
 
     Raises

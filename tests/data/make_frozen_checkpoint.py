@@ -11,7 +11,9 @@ reduction split over another number of threads sums in another order. ``meta.jso
 keeps the digests of each machine kind they were taken on (``bit_exact``, keyed by
 :func:`machine_fingerprint`); ``--record-machine`` adds this machine's digests, computed with the
 current code, without touching the checkpoint or the stored outputs. Record a machine only on a
-commit whose tests pass against the stored tensors (to float32 rounding).
+commit whose tests pass against the stored tensors (to float32 rounding). A deliberate change of
+the numerics (InterScale's own CPU attention kernel, for one) empties ``bit_exact`` and records
+the machine at hand again; the stored checkpoint and outputs stay as written.
 """
 
 from __future__ import annotations
