@@ -231,3 +231,17 @@ def test_a_forked_process_gets_its_own_threads():
         assert queue.get(timeout=5) == parent.get()
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_unusable_cache_folder_falls_back_to_the_temporary_directory(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("INTERSCALE_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(_cpu_kernel.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    _cpu_kernel._library.cache_clear()
+    try:
+        status = cpu_kernel_status()
+        assert status.available, status.detail
+        assert status.detail.startswith(str(tmp_path / "tmp" / "interscale-"))
+    finally:
+        _cpu_kernel._library.cache_clear()

@@ -9,7 +9,8 @@ float32 rounding.
 
 Build: on first use the C file is compiled with the system's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) into a shared library cached under ``$INTERSCALE_CACHE_DIR`` (default
-``~/.cache/interscale``), named by a hash of the source, the compiler and its flags and the
+``~/.cache/interscale``; a folder in the temporary directory where that is not writable), named
+by a hash of the source, the compiler and its flags and the
 processor (``-march=native``). The library is written to a temporary name and renamed, so that
 concurrent processes never load a half-written file. Where no compiler works,
 :func:`cpu_kernel_status` says why; ``kernel="auto"`` then uses PyTorch's flash kernel and warns
@@ -62,10 +63,25 @@ class CpuKernelStatus(NamedTuple):
 
 
 def _cache_dir() -> Path:
+    """Where built libraries live: ``$INTERSCALE_CACHE_DIR``, else ``~/.cache/interscale``.
+
+    When that folder cannot be created or written (a read-only home), a folder of this user in
+    the system's temporary directory is used instead.
+    """
     root = os.environ.get("INTERSCALE_CACHE_DIR")
     if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "interscale"
+        preferred = Path(root)
+    else:
+        home_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        preferred = home_cache / "interscale"
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"interscale-{uid}"
 
 
 def _compilers() -> list[str]:
@@ -120,6 +136,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     if not compilers:
         return None, "no C compiler found ($CC, cc, gcc or clang)"
     source = SOURCE.read_bytes()
+    cache = _cache_dir()
     reasons = []
     for compiler in compilers:
         for flags in (_NATIVE + _FLAGS, _FLAGS):
@@ -131,7 +148,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
                 _processor().encode(),
             ):
                 key.update(part)
-            target = _cache_dir() / f"cpu_attention_{key.hexdigest()[:20]}.so"
+            target = cache / f"cpu_attention_{key.hexdigest()[:20]}.so"
             if not target.is_file():
                 try:
                     error = _compile(compiler, flags, target)
