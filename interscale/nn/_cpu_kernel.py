@@ -10,9 +10,9 @@ float32 rounding.
 Build: on first use the C file is compiled with the system's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) into a shared library cached under ``$INTERSCALE_CACHE_DIR`` (default
 ``~/.cache/interscale``; a folder in the temporary directory where that is not writable), named
-by a hash of the source, the compiler and its flags and the
-processor (``-march=native``). The library is written to a temporary name and renamed, so that
-concurrent processes never load a half-written file. Where no compiler works,
+by a hash of the source, the compiler and its flags and the processor (``-march=native``). The
+library is written to a temporary name and renamed, so that concurrent processes never load a
+half-written file. Where no compiler works,
 :func:`cpu_kernel_status` says why; ``kernel="auto"`` then uses PyTorch's flash kernel and warns
 once, and ``kernel="cpu"`` raises.
 
