@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from interscale.nn._masks import KeyMask
 
@@ -296,6 +297,7 @@ class _CpuAttention(torch.autograd.Function):
         return out.unsqueeze(0)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         q3, kt, vt, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(
