@@ -68,15 +68,22 @@ static inline void clear_excluded(float *s, int i, int L, const int64_t *excl_pt
     for (int64_t e = excl_ptr[i]; e < excl_ptr[i + 1]; e++) s[excl_idx[e]] = value;
 }
 
+/* The head and the query rows [i0, i1) of task t; chunks = tasks per head */
+static inline void task_rows(int64_t t, int64_t chunks, int chunk, int L, int *h, int *i0,
+                             int *i1) {
+    *h = (int)(t / chunks);
+    *i0 = (int)(t % chunks) * chunk;
+    *i1 = *i0 + chunk < L ? *i0 + chunk : L;
+}
+
 /* Forward of tasks [t0, t1): o [H][L][D], lse [H][L]; s_buf holds L floats. */
 void attn_forward(const float *q, const float *kt, const float *vt, float *o, float *lse,
                   int H, int L, int D, float scale, int chunk, const int64_t *excl_ptr,
                   const int64_t *excl_idx, int64_t t0, int64_t t1, float *s) {
     const int64_t chunks = (L + chunk - 1) / chunk;
     for (int64_t t = t0; t < t1; t++) {
-        const int h = (int)(t / chunks);
-        const int i0 = (int)(t % chunks) * chunk;
-        const int i1 = i0 + chunk < L ? i0 + chunk : L;
+        int h, i0, i1;
+        task_rows(t, chunks, chunk, L, &h, &i0, &i1);
         const float *K = kt + (int64_t)h * D * L;
         const float *V = vt + (int64_t)h * D * L;
         for (int i = i0; i < i1; i++) {
@@ -115,9 +122,8 @@ void attn_backward(const float *dout, const float *q, const float *kt, const flo
     const int64_t chunks = (L + chunk - 1) / chunk;
     const int64_t per_task = (int64_t)2 * D * L;
     for (int64_t t = t0; t < t1; t++) {
-        const int h = (int)(t / chunks);
-        const int i0 = (int)(t % chunks) * chunk;
-        const int i1 = i0 + chunk < L ? i0 + chunk : L;
+        int h, i0, i1;
+        task_rows(t, chunks, chunk, L, &h, &i0, &i1);
         const float *K = kt + (int64_t)h * D * L;
         const float *V = vt + (int64_t)h * D * L;
         float *dK = bufs + t * per_task;

@@ -109,7 +109,8 @@ def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> str | None:
         cmd = [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if run.returncode != 0:
-            return (run.stderr or run.stdout).strip().splitlines()[-1:] or ["failed"]
+            words = (run.stderr or run.stdout).strip().splitlines()
+            return words[-1] if words else f"exit status {run.returncode}"
         os.replace(tmp, target)
         return None
     finally:
@@ -136,27 +137,22 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     compilers = _compilers()
     if not compilers:
         return None, "no C compiler found ($CC, cc, gcc or clang)"
-    source = SOURCE.read_bytes()
+    source, processor = SOURCE.read_bytes(), _processor().encode()
     cache = _cache_dir()
     reasons = []
     for compiler in compilers:
         for flags in (_NATIVE + _FLAGS, _FLAGS):
             key = hashlib.sha256()
-            for part in (
-                source,
-                compiler.encode(),
-                " ".join(flags).encode(),
-                _processor().encode(),
-            ):
+            for part in (source, compiler.encode(), " ".join(flags).encode(), processor):
                 key.update(part)
             target = cache / f"cpu_attention_{key.hexdigest()[:20]}.so"
             if not target.is_file():
                 try:
                     error = _compile(compiler, flags, target)
                 except (OSError, subprocess.SubprocessError) as exc:
-                    error = [str(exc)]
+                    error = str(exc)
                 if error is not None:
-                    reasons.append(f"{Path(compiler).name} {' '.join(flags)}: {' '.join(error)}")
+                    reasons.append(f"{Path(compiler).name} {' '.join(flags)}: {error}")
                     continue
             try:
                 return _declare(ctypes.CDLL(str(target))), str(target)
@@ -217,20 +213,27 @@ def _run_ranges(n_items: int, call) -> None:
         future.result()
 
 
-def _chunk(length: int) -> int:
-    return max(MIN_CHUNK, math.ceil(length / MAX_TASKS_PER_HEAD))
-
-
 def _address(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _exclusions(key_mask: KeyMask) -> tuple[Tensor | None, Tensor | None]:
+class _Tasks(NamedTuple):
+    """How one sample's rows are cut into tasks, and its excluded keys as C arrays."""
+
+    chunk: int
+    count: int
+    excl_ptr: Tensor | None
+    excl_idx: Tensor | None
+
+
+def _tasks(n_heads: int, length: int, key_mask: KeyMask) -> _Tasks:
+    chunk = max(MIN_CHUNK, math.ceil(length / MAX_TASKS_PER_HEAD))
+    count = n_heads * math.ceil(length / chunk)
     if key_mask.nbr_ptr is None or key_mask.nbr_src is None:
-        return None, None
+        return _Tasks(chunk, count, None, None)
     ptr = key_mask.nbr_ptr.to(torch.int64).contiguous()
     idx = key_mask.nbr_src.to(torch.int64).contiguous()
-    return ptr, idx
+    return _Tasks(chunk, count, ptr, idx)
 
 
 def _forward(q: Tensor, kt: Tensor, vt: Tensor, key_mask: KeyMask, scale: float):
@@ -238,44 +241,43 @@ def _forward(q: Tensor, kt: Tensor, vt: Tensor, key_mask: KeyMask, scale: float)
     n_heads, length, dim = q.shape
     out = torch.empty_like(q)
     lse = torch.empty(n_heads, length, dtype=q.dtype)
-    chunk = _chunk(length)
-    tasks = n_heads * math.ceil(length / chunk)
-    ptr, idx = _exclusions(key_mask)
+    tasks = _tasks(n_heads, length, key_mask)
 
     def call(t0: int, t1: int) -> None:
         row = torch.empty(length, dtype=torch.float32)
         lib.attn_forward(
             q.data_ptr(), kt.data_ptr(), vt.data_ptr(), out.data_ptr(), lse.data_ptr(),
-            n_heads, length, dim, scale, chunk, _address(ptr), _address(idx), t0, t1,
-            row.data_ptr(),
+            n_heads, length, dim, scale, tasks.chunk, _address(tasks.excl_ptr),
+            _address(tasks.excl_idx), t0, t1, row.data_ptr(),
         )  # fmt: skip
 
-    _run_ranges(tasks, call)
+    _run_ranges(tasks.count, call)
     return out, lse
 
 
 def _backward(grad_out, q, kt, vt, out, lse, key_mask: KeyMask, scale: float):
     lib = _library()[0]
     n_heads, length, dim = q.shape
-    chunk = _chunk(length)
-    tasks = n_heads * math.ceil(length / chunk)
-    ptr, idx = _exclusions(key_mask)
+    tasks = _tasks(n_heads, length, key_mask)
     dq = torch.empty_like(q)
-    buffers = torch.empty(tasks, 2, dim, length, dtype=torch.float32)
+    buffers = torch.empty(tasks.count, 2, dim, length, dtype=torch.float32)
 
     def call(t0: int, t1: int) -> None:
         rows = torch.empty(2, length, dtype=torch.float32)
         lib.attn_backward(
             grad_out.data_ptr(), q.data_ptr(), kt.data_ptr(), vt.data_ptr(), out.data_ptr(),
             lse.data_ptr(), dq.data_ptr(), buffers.data_ptr(), n_heads, length, dim, scale,
-            chunk, _address(ptr), _address(idx), t0, t1, rows[0].data_ptr(), rows[1].data_ptr(),
+            tasks.chunk, _address(tasks.excl_ptr), _address(tasks.excl_idx), t0, t1,
+            rows[0].data_ptr(), rows[1].data_ptr(),
         )  # fmt: skip
 
-    _run_ranges(tasks, call)
+    _run_ranges(tasks.count, call)
     kv = torch.empty(n_heads, 2, dim, length, dtype=torch.float32)
 
     def reduce(r0: int, r1: int) -> None:
-        lib.attn_reduce(buffers.data_ptr(), kv.data_ptr(), n_heads, length, dim, chunk, r0, r1)
+        lib.attn_reduce(
+            buffers.data_ptr(), kv.data_ptr(), n_heads, length, dim, tasks.chunk, r0, r1
+        )
 
     _run_ranges(n_heads * 2 * dim, reduce)
     return dq, kv[:, 0].transpose(1, 2), kv[:, 1].transpose(1, 2)
@@ -330,9 +332,7 @@ def cpu_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: KeyMask) -> Tensor:
     status = cpu_kernel_status()
     if not status.available:
         raise ValueError(f"kernel='cpu' is unavailable: {status.detail}")
-    if not cpu_kernel_available(q) or any(
-        t.dtype != q.dtype or t.device != q.device for t in (k, v)
-    ):
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (q, k, v)):
         raise ValueError(f"kernel='cpu' needs float32 CPU tensors; got {q.dtype} on {q.device}")
     return _CpuAttention.apply(q, k, v, key_mask)
 
