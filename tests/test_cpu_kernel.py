@@ -65,12 +65,18 @@ def _check_against_reference(n_heads, n_cells, dim, scope, spread, seed, tol=2e-
     grad = torch.randn(out.shape, generator=generator)
     out.backward(grad)
     expected = _dense_reference(q, k, v, key_mask, grad)
+    # A float32 score s carries an absolute rounding of about eps * |s|, which any float32
+    # kernel passes on to the probabilities: where scores reach the hundreds (spread 4), 2e-5
+    # is out of reach for PyTorch's flash kernel too (400 random cases: flash up to 3.8 units
+    # of eps * max|s|, this kernel up to 1.8), so the bound is the larger of the two.
+    scores = q.detach().double() @ k.detach().double().transpose(-1, -2) / math.sqrt(dim)
+    bound = max(tol, 8 * torch.finfo(torch.float32).eps * float(scores.abs().max()))
     got_all = (out, q.grad, k.grad, v.grad)
     for name, got, want in zip(("out", "dq", "dk", "dv"), got_all, expected, strict=True):
         want, got = want.detach(), got.detach()
         scale = max(1.0, float(want.abs().max()))
         err = float((got.double() - want).abs().max())
-        assert err <= tol * scale, f"{name}: max error {err:.3g} (scale {scale:.3g})"
+        assert err <= bound * scale, f"{name}: max error {err:.3g} (scale {scale:.3g})"
 
 
 @pytest.mark.parametrize("scope", ["full", "long_range"])
