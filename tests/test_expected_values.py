@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reproduce._metrics import heldout_program_metrics, mean_predictions
+from reproduce._metrics import HELDOUT, heldout_program_metrics, mean_predictions
 from reproduce._runner import compare, load_expected
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def profile_data(request):
     isc.pp.normalize(adata, key_added="log1p_norm")
     isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
     cfg = load_config(str(ROOT / params["config_path"]))
-    baselines = isc.tl.linear_baselines(adata, key_added=None)
+    baselines = isc.tl.linear_baselines(adata, heldout=HELDOUT, key_added=None)
     return profile, adata, cfg, baselines
 
 

@@ -12,8 +12,12 @@ SPLIT_CATEGORIES = list(SPLITS)
 def split_counts(n_samples: int) -> tuple[int, int, int]:
     """Number of train, validation and test samples for ``n_samples`` samples.
 
-    About 60 / 30 / 10 % of the samples, with at least one sample in each split when there are
-    three or more samples (10 / 5 / 2 for 17 samples).
+    About 50 / 25 / 25 % of the samples, with at least one sample in each split when there are
+    three or more samples (9 / 4 / 4 for 17 samples, 6 / 3 / 3 for 12, 2 / 1 / 1 for 4). The
+    test share is as large as the validation share because the validation samples choose the
+    best epoch and stop training: only the test samples are held out from everything, and every
+    held-out score is read on them. Quarters are rounded down, so from four samples on the
+    training share never drops below half (4 / 1 / 1 for 6 samples, 5 / 1 / 1 for 7).
 
     Parameters
     ----------
@@ -36,13 +40,10 @@ def split_counts(n_samples: int) -> tuple[int, int, int]:
         return 1, 0, 0
     if n_samples == 2:
         return 1, 1, 0
-    n_test = max(1, int(round(0.1 * n_samples)))
-    n_val = max(1, int(round(0.3 * n_samples)))
-    n_train = n_samples - n_val - n_test
-    if n_train < 1:  # only reachable for tiny n; keep train non-empty
-        n_val -= 1 - n_train
-        n_train = 1
-    return n_train, n_val, n_test
+    # a quarter, rounded down so that training keeps at least half; at least one sample
+    quarter = max(1, n_samples // 4)
+    n_test = n_val = quarter
+    return n_samples - n_val - n_test, n_val, n_test
 
 
 def assign_splits(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""Scores read on the held-out samples: per-split R^2, the scored cells of a report, AUROC."""
+"""Scores read on the held-out samples: per-split R^2, the scored cells of a report, AUROC.
+
+Held out means unseen: the validation samples choose the best epoch and stop training, so only
+the test samples are held out from everything the model was fitted or selected on, and every
+held-out score is read on them.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from interscale.evaluation._utils import _get_matrix
 
 __all__ = ["HELDOUT_SPLITS", "auroc_with_reason", "heldout_r2", "report_cells"]
 
-# The splits whose samples the model was not fitted to.
-HELDOUT_SPLITS = ("val", "test")
+# The splits whose samples neither training nor early stopping saw (val picks the best epoch).
+HELDOUT_SPLITS = ("test",)
 
 
 def heldout_r2(
@@ -79,18 +84,20 @@ def _split_key_of(adata: AnnData) -> str:
 def report_cells(
     adata: AnnData, cells: str | Sequence[str] | None, split_key: str
 ) -> str | list[str] | None:
-    """The ``cells`` a report scores: held-out split names are kept where present.
+    """The ``cells`` a report scores, checked to exist when they are the held-out test samples.
 
-    A request for held-out splits only (``"val,test"``, ``["val"]``, ...) keeps the ones the
-    data has, so data without a test split is scored on its validation samples; any other
-    request is passed on unchanged (and checked by :func:`calculate_gene_ranks`).
+    A request for the held-out split (``"test"``, ``["test"]``) is returned as a list when the
+    data has test samples and refused with a clear message when it has none: there is no
+    silent fall-back to the validation samples, which chose the best epoch and are therefore
+    not unseen. Any other request (``"val"``, ``"val,test"``, ``"all"``, a mask) is passed on
+    unchanged, and checked by :func:`calculate_gene_ranks`.
 
     Parameters
     ----------
     adata
         AnnData holding the split column.
     cells
-        The requested cells, as :func:`calculate_gene_ranks` takes them (``"val,test"``,
+        The requested cells, as :func:`calculate_gene_ranks` takes them (``"test"``,
         ``["val"]``, ``"all"``, a boolean mask, None).
     split_key
         obs column with the split names.
@@ -98,15 +105,15 @@ def report_cells(
     Returns
     -------
     str, list of str or None
-        The held-out split names present in the data (in the order requested), or
-        ``cells`` unchanged when it asks for anything else.
+        ``["test"]`` for a request of the held-out split, or ``cells`` unchanged when it
+        asks for anything else.
 
     Raises
     ------
     KeyError
         Held-out cells are requested but ``split_key`` is not an obs column.
     ValueError
-        Held-out cells are requested but the data has none.
+        Held-out cells are requested but the data has no test samples.
     """
     names = split_names(cells) if cells is not None else None
     if not names or not set(names) <= set(HELDOUT_SPLITS):
@@ -117,11 +124,14 @@ def report_cells(
             f"({', '.join(names)}); pass cells='all' to score every cell"
         )
     present = set(adata.obs[split_key].astype(str))
-    kept = [name for name in names if name in present]
+    kept = [name for name in dict.fromkeys(names) if name in present]
     if not kept:
         raise ValueError(
-            f"no held-out cells: adata.obs[{split_key!r}] has none of {names} "
-            f"(available: {sorted(present)}); pass cells='all' to score every cell"
+            f"no held-out cells: adata.obs[{split_key!r}] has no {' / '.join(names)} samples "
+            f"(available: {sorted(present)}). Held-out scores are read on the test samples "
+            "only, because the validation samples chose the best epoch; split the samples "
+            "with a test share (interscale.pp.split_samples), or pass cells='val' (scored on "
+            "the early-stopping samples) or cells='all' explicitly"
         )
     return kept
 
