@@ -248,3 +248,78 @@ def test_setup_rejects_a_halo_that_does_not_fit():
             adata, layer_key="log1p_norm", sample_key_list=["sample"], halo_key="tile_halo"
         )
     assert "interscale" not in adata.uns and dict(adata.uns).keys() == before.keys()
+
+
+# ------------------------------------------------------------- halos never cross a split
+def _one_section_split_over_tiles(halo, seed=0):
+    """One section cut into tiles with a halo, whole tiles then split train / val / test."""
+    adata = organoids(1, 420, seed, n_genes=12)
+    adata.obs = adata.obs.drop(columns="split")
+    isc.pp.tile(adata, max_cells=35, halo=halo)
+    isc.pp.split_samples(adata, library_key="tile", fractions=(0.5, 0.25, 0.25), seed=seed)
+    return adata
+
+
+def _plan(adata, halo_key="tile_halo"):
+    from interscale.graphs import GraphPlan
+
+    return GraphPlan(
+        adata,
+        layer_key="log1p_norm",
+        sample_keys=["tile"],
+        split_key="split",
+        connectivity_key="spatial_connectivities",
+        features=None,
+        halo_key=halo_key,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_halo_cells_of_another_split_are_dropped_with_a_counted_warning(seed):
+    adata = _one_section_split_over_tiles(halo=120.0, seed=seed)
+    split = adata.obs["split"].astype(str).to_numpy()
+    tile = adata.obs["tile"].astype(str).to_numpy()
+    assert len(set(split)) == 3
+    # brute force over the halo matrix: (cell, tile) memberships whose splits differ
+    member = adata.obsm["tile_halo"].tocoo()
+    tiles = list(adata.obs["tile"].cat.categories)
+    tile_split = {t: split[tile == t][0] for t in tiles}
+    col_split = np.array([tile_split[t] for t in tiles])
+    foreign = split[member.row] != col_split[member.col]
+    assert foreign.any() and (~foreign).any()
+    with pytest.warns(UserWarning, match="another split") as record:
+        plan = _plan(adata)
+    (warning,) = [w for w in record if "another split" in str(w.message)]
+    message = str(warning.message)
+    assert message.startswith(f"{int(foreign.sum())} halo cell(s)")
+    assert f"({np.unique(member.row[foreign]).size} distinct cells" in message
+    assert f"halos of {np.unique(member.col[foreign]).size} tile(s)" in message
+
+    same_split_halo_used = 0
+    for graph in plan:
+        nodes = graph.cell_index.numpy()
+        core = graph.core.numpy()
+        # no graph holds a cell of another split, halo included
+        assert (split[nodes] == graph.split).all(), graph.name
+        assert (tile[nodes[core]] == graph.name).all()
+        # the halo that is kept is exactly the same-split part of the tile's halo
+        col = tiles.index(graph.name)
+        in_halo = member.row[member.col == col]
+        want = np.sort(in_halo[split[in_halo] == graph.split])
+        np.testing.assert_array_equal(np.sort(nodes[~core]), want)
+        same_split_halo_used += want.size
+        # edges only between the graph's nodes (indices into them)
+        assert graph.edge_index.numel() == 0 or int(graph.edge_index.max()) < nodes.size
+    assert same_split_halo_used > 0
+
+
+def test_halo_within_one_split_is_kept_without_warning():
+    import warnings
+
+    adata = _one_section_split_over_tiles(halo=120.0)
+    adata.obs["split"] = pd.Categorical(["train"] * adata.n_obs)
+    n_halo = adata.obsm["tile_halo"].nnz
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = _plan(adata)
+    assert sum(int((~g.core).sum()) for g in plan) == n_halo

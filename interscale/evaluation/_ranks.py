@@ -292,8 +292,10 @@ def calculate_gene_ranks(
     of any size work). Genes are ranked per head with ``scipy.stats.rankdata(method="average")``
     in ascending order, so the best predicted gene gets the highest rank.
 
-    Gene-level claims should be read on held-out samples: pass ``cells=["val", "test"]``
-    and ``n_boot`` > 0, then read the claims off :func:`driven_genes`. Without stored
+    Gene-level claims should be read on held-out samples: pass ``cells=["test"]`` (the test
+    samples, which neither training nor early stopping saw; the validation samples chose the
+    best epoch, so they are not unseen) and ``n_boot`` > 0, then read the claims off
+    :func:`driven_genes`. Without stored
     prediction layers (``get_model_output(..., predictions="none")`` on large panels),
     :func:`gene_ranks_from_model` gives the same table from R^2 summed up during inference.
 
@@ -316,7 +318,7 @@ def calculate_gene_ranks(
     cells
         Cells scored: None or ``"all"`` (every cell), split names (values of
         ``adata.obs[split_key]``) as a list, a tuple or one comma-separated string
-        (``["val", "test"]``, ``"val,test"``), or a boolean mask with one entry per cell.
+        (``["test"]``, ``"val,test"``), or a boolean mask with one entry per cell.
         Only the selected rows of the layers are read, chunk by chunk: the AnnData is not
         copied, and the result equals that on ``adata[mask].copy()``.
     split_key

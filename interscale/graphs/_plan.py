@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -152,7 +153,13 @@ class GraphPlan:
     features
         Optional per-cell input features (global-only models).
     halo_key
-        obsm key of the halo membership matrix, or ``None``.
+        obsm key of the halo membership matrix, or ``None``. Halo cells whose split (in
+        ``split_key``) differs from their tile's split are left out of that tile's graph, with
+        one warning per plan giving their number: a halo never brings cells of another split
+        into a graph. This happens when one section is cut into tiles with a halo
+        (:func:`interscale.pp.tile`) and the tiles are then split
+        (:func:`interscale.pp.split_samples`): without it a training tile would read
+        held-out cells as context, and a test tile training cells.
     defer_x
         Build graphs with deferred expression (``True``), with dense expression (``False``),
         or decide by size (``None``: deferred above ``DEFER_DENSE_BYTES`` of float32 over all
@@ -204,7 +211,8 @@ class GraphPlan:
 
         self.halo: sp.csc_matrix | None = None
         if halo_key is not None:
-            self.halo, self.halo_columns = halo_columns(adata, sample_keys, halo_key, uniques)
+            halo, self.halo_columns = halo_columns(adata, sample_keys, halo_key, uniques)
+            self.halo = self._same_split_halo(halo, halo_key)
             self.adjacency = sp.csr_matrix(adjacency)
             self.sizes = counts + np.diff(self.halo.indptr)[self.halo_columns]
             self.defer_x = self._decide_defer(defer_x)
@@ -226,6 +234,43 @@ class GraphPlan:
         self.rows, self.cols = rows[edge_sort], cols[edge_sort]
         row_graph = row_graph[edge_sort]
         self.edge_starts = np.searchsorted(row_graph, np.arange(len(uniques) + 1), side="left")
+
+    def _same_split_halo(self, halo: sp.csc_matrix, halo_key: str) -> sp.csc_matrix:
+        """``halo`` without the cells whose split differs from their tile's; warns if any.
+
+        A tile's split is that of its first core cell (:meth:`build` refuses a tile whose core
+        cells span several splits). Columns of tiles without cells are left as they are: no
+        graph reads them.
+        """
+        codes, _ = pd.factorize(self.split_values)
+        first_core = self.order[self.starts[:-1]]
+        tile_split = np.full(halo.shape[1], -1, dtype=np.int64)
+        tile_split[self.halo_columns] = codes[first_core]
+        entry_col = np.repeat(np.arange(halo.shape[1]), np.diff(halo.indptr))
+        entry_split = tile_split[entry_col]
+        foreign = (entry_split >= 0) & (codes[halo.indices] != entry_split)
+        n_foreign = int(foreign.sum())
+        if n_foreign == 0:
+            return halo
+        keep = ~foreign
+        counts = np.bincount(entry_col[keep], minlength=halo.shape[1])
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(halo.indptr.dtype)
+        kept = sp.csc_matrix(
+            (halo.data[keep], halo.indices[keep], indptr), shape=halo.shape, dtype=bool
+        )
+        per_tile = np.bincount(entry_col[foreign], minlength=halo.shape[1])
+        n_tiles = int((per_tile > 0).sum())
+        n_cells = int(np.unique(halo.indices[foreign]).size)
+        warnings.warn(
+            f"{n_foreign} halo cell(s) of adata.obsm[{halo_key!r}] ({n_cells} distinct cells, "
+            f"in the halos of {n_tiles} tile(s)) belong to another split of "
+            f"obs[{self.split_key!r}] than their tile and are left out of those tiles' graphs: "
+            "a halo must not bring cells of another split into a graph (a training tile would "
+            "read held-out cells as context). The other halo cells are kept.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return kept
 
     def _decide_defer(self, defer_x: bool | None) -> bool:
         if defer_x is not None:
