@@ -311,7 +311,7 @@ class XeniumRun:
         self.notes["outputs"] = f"predictions={mode or 'dense (no predictions= option)'}"
 
     def step_gene_r2(self) -> None:
-        cells = ["val", "test"]
+        cells = ["test"]  # held out: the val section picks the best epoch
         if hasattr(self.model, "gene_r2"):
             table = self.model.gene_r2(self.adata, cells=cells)
             how = "model.gene_r2 (streaming)"

@@ -9,8 +9,8 @@ from ._common import DEVICES, SLOW_ATTRS, SMOKE, published_config, require_devic
 
 #: Organoids, cells per organoid and genes of the benchmark data (smoke: a reduced stand-in).
 SHAPE: tuple[int, int, int] = (4, 500, 100) if SMOKE else (8, 2500, 500)
-#: The cells scored: the held-out organoids, as a gene-level claim is read.
-CELLS: list[str] = ["val", "test"]
+#: The cells scored: the held-out (test) organoids, as a gene-level claim is read.
+CELLS: list[str] = ["test"]
 
 
 def streaming_data():
@@ -36,10 +36,10 @@ def streaming_data():
 class GeneR2:
     """Held-out per-gene R^2 of both heads, two ways.
 
-    ``streaming``: ``model.gene_r2(adata, cells=["val", "test"])`` sums the R^2 statistics
-    during inference and stores no prediction (only the held-out organoids are run).
+    ``streaming``: ``model.gene_r2(adata, cells=["test"])`` sums the R^2 statistics
+    during inference and stores no prediction (only the held-out test organoids are run).
     ``stored``: ``get_model_output(adata)`` writes the two float32 prediction layers of all
-    cells, then ``calculate_gene_ranks(..., cells=["val", "test"])`` reads them back. Both give
+    cells, then ``calculate_gene_ranks(..., cells=["test"])`` reads them back. Both give
     the same R^2 (to 1e-6, ``tests/test_streaming.py``). The model is untrained (weights from
     the config seed): the cost does not depend on the weights.
     """

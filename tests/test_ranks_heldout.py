@@ -543,18 +543,21 @@ def test_job_auroc_is_heldout_and_never_silently_dropped(monkeypatch, capsys):
     adata = make_adata(seed=8)
     adata.var["program"] = ["local"] * 6 + ["global"] * 6
     out = _heldout_auroc(adata, "split")
-    n_heldout = int(adata.obs["split"].isin(["val", "test"]).sum())
-    assert out["gene_ranks_cells"] == "val,test" and out["gene_ranks_n_cells"] == n_heldout
-    ranks = calculate_gene_ranks(adata, cells="val,test", **KW)
+    # held out means unseen: the test samples only (val chose the best epoch)
+    n_heldout = int((adata.obs["split"] == "test").sum())
+    assert out["gene_ranks_cells"] == "test" and out["gene_ranks_n_cells"] == n_heldout
+    ranks = calculate_gene_ranks(adata, cells="test", **KW)
     from interscale.evaluation import auroc_rank_difference
 
     assert out["auroc_local_vs_global_genes"] == auroc_rank_difference(ranks, adata.var["program"])
     assert "auroc_reason" not in out
 
-    # no test split: scored on val alone
+    # no test split: no held-out score, and no silent fall-back to the validation samples
     no_test = adata.copy()
     no_test.obs["split"] = no_test.obs["split"].astype(str).replace("test", "train")
-    assert _heldout_auroc(no_test, "split")["gene_ranks_cells"] == "val"
+    res = _heldout_auroc(no_test, "split")
+    assert res["auroc_local_vs_global_genes"] is None and "gene_ranks_cells" not in res
+    assert "no test samples" in res["auroc_reason"] and "cells='val'" in res["auroc_reason"]
 
     one_class = adata.copy()
     one_class.var["program"] = "local"
@@ -590,4 +593,26 @@ def test_job_auroc_is_heldout_and_never_silently_dropped(monkeypatch, capsys):
     _print_report(report)
     printed = capsys.readouterr().out
     assert "AUROC not computed: no var['program'] column" in printed
-    assert f"gene ranks scored on val,test ({n_heldout} cells)" in printed
+    assert f"gene ranks scored on test ({n_heldout} cells)" in printed
+
+
+def test_report_cells_reads_only_the_test_samples_as_held_out():
+    from interscale.evaluation import report_cells
+    from interscale.evaluation._heldout import HELDOUT_SPLITS
+
+    assert HELDOUT_SPLITS == ("test",)
+    adata = make_adata(seed=2)
+    before = adata.obs.copy()
+    assert report_cells(adata, "test", "split") == ["test"]
+    assert report_cells(adata, ["test", "test"], "split") == ["test"]
+    # any other request is the caller's explicit choice, passed on unchanged
+    for other in ("val", "val,test", ["val", "test"], "all", None):
+        assert report_cells(adata, other, "split") == other
+    no_test = adata.copy()
+    no_test.obs["split"] = no_test.obs["split"].astype(str).replace("test", "val")
+    with pytest.raises(ValueError, match="no test samples") as err:
+        report_cells(no_test, "test", "split")
+    assert "best epoch" in str(err.value) and "cells='val'" in str(err.value)
+    with pytest.raises(KeyError, match="fold"):
+        report_cells(adata, "test", "fold")
+    pd.testing.assert_frame_equal(adata.obs, before)
