@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -128,13 +130,24 @@ def test_fold_masks_cover_every_cell_once(n, pct):
 
 
 # ---------------------------------------------------------------------------------------- halo
-def _halo_adata(rng, n_cells, n_tiles, p_halo):
-    """Random graph and layer; tiles as the sample key and a random halo membership."""
+def _halo_adata(rng, n_cells, n_tiles, p_halo, cross_split=False):
+    """Random graph and layer; tiles as the sample key and a random halo membership.
+
+    The halo holds cells of the tile's own split only, unless ``cross_split``.
+    """
     adata, tiles, x, adj = _random_adata(rng, n_cells, 3, n_tiles, False)
     member = rng.random((n_cells, n_tiles)) < p_halo
     member[np.arange(n_cells), tiles] = False  # never in the own tile
+    if not cross_split:
+        member &= _same_split(tiles, n_tiles)
     adata.obsm["tile_halo"] = sp.csr_matrix(member)
     return adata, tiles, x, adj.toarray(), member
+
+
+def _same_split(tiles, n_tiles):
+    """``(n_cells, n_tiles)``: whether a cell has its split in common with the tile
+    (``_random_adata`` gives even samples ``train``, odd ones ``val``)."""
+    return (tiles[:, None] % 2) == (np.arange(n_tiles)[None, :] % 2)
 
 
 @settings(max_examples=30, deadline=None)
@@ -143,13 +156,28 @@ def _halo_adata(rng, n_cells, n_tiles, p_halo):
     n_tiles=st.integers(1, 4),
     p_halo=st.sampled_from([0.0, 0.2, 0.6]),
     seed=st.integers(0, 10_000),
+    cross_split=st.booleans(),
 )
-def test_halo_graphs_hold_core_then_halo_with_all_their_edges(n_cells, n_tiles, p_halo, seed):
+def test_halo_graphs_hold_core_then_halo_with_all_their_edges(
+    n_cells, n_tiles, p_halo, seed, cross_split
+):
     rng = np.random.default_rng(seed)
     n_tiles = min(n_tiles, n_cells)
-    adata, tiles, x, dense, member = _halo_adata(rng, n_cells, n_tiles, p_halo)
-    graphs = anndata_to_graphs(adata, layer_key="L", sample_keys=["sample"], halo_key="tile_halo")
-    lazy = list(iter_graphs(adata, layer_key="L", sample_keys=["sample"], halo_key="tile_halo"))
+    adata, tiles, x, dense, member = _halo_adata(rng, n_cells, n_tiles, p_halo, cross_split)
+    # halo cells of another split than their tile are left out, with a warning counting them
+    foreign = member & ~_same_split(tiles, n_tiles)
+    member = member & ~foreign
+    kw = {"layer_key": "L", "sample_keys": ["sample"], "halo_key": "tile_halo"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graphs = anndata_to_graphs(adata, **kw)
+        lazy = list(iter_graphs(adata, **kw))
+    messages = [str(w.message) for w in caught if "another split" in str(w.message)]
+    if foreign.any():
+        assert len(messages) == 2  # one per plan
+        assert all(m.startswith(f"{int(foreign.sum())} halo cell(s)") for m in messages)
+    else:
+        assert messages == []
     cats = list(adata.obs["sample"].cat.categories)
     core_seen = []
     for g, g2 in zip(graphs, lazy, strict=True):
@@ -257,7 +285,8 @@ def test_halo_cells_never_enter_the_loss():
     from interscale.train import TrainSettings, evaluate_masked, fit
 
     rng = np.random.default_rng(2)
-    adata, *_ = _halo_adata(rng, 60, 3, 0.5)
+    # four tiles, two per split, so every tile has same-split halo cells
+    adata, *_ = _halo_adata(rng, 80, 4, 0.5)
     graphs = anndata_to_graphs(adata, layer_key="L", sample_keys=["sample"], halo_key="tile_halo")
     for g in graphs:  # halo cells with huge targets would dominate any loss they entered
         g.x[~g.core] = 1e6
