@@ -285,6 +285,15 @@ class ModelConfig(_Section):
     mask_token
         Replace masked inputs with a learnable token (default ``True``); ``False`` zeroes them as
         the published model did.
+    linear_part
+        Give each head a linear part fitted in closed form before training (default ``False``,
+        as published): a ridge regression on the mean expression of the cell's 1-hop and 2-hop
+        neighbours (local head) and also the leave-one-out mean of its sample (global head),
+        with design and penalty chosen by cross-validation over whole training samples, as
+        ``interscale.tl.linear_baselines`` fits its floors. The decoders then learn what the
+        linear part leaves, and after training each gene keeps its decoder's contribution only
+        as far as the validation samples support it (a factor in [0, 1] per gene and head), so
+        the linear floor is a special case of every head. Needs at least 2 training samples.
     save
         Output directory written by the published training script (default ``None``); kept as
         written, relative to the current working directory.
@@ -304,6 +313,7 @@ class ModelConfig(_Section):
     global_component: GlobalComponentConfig = field(default_factory=GlobalComponentConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     mask_token: bool = True
+    linear_part: bool = False
     save: str | None = None
     loss: str | None = None
 
@@ -320,5 +330,6 @@ class ModelConfig(_Section):
                 f"{GlobalParameters._PATH}.n_heads ({n_heads})"
             )
         _as_bool(self.mask_token, f"{p}.mask_token")
+        _as_bool(self.linear_part, f"{p}.linear_part")
         _set(self, "save", _as_opt_str(self.save, f"{p}.save"))
         _set(self, "loss", _as_opt_str(self.loss, f"{p}.loss"))

@@ -315,6 +315,7 @@ def check_state_shapes(state: Mapping[str, torch.Tensor], module: torch.nn.Modul
 ARCH_FIELDS = (
     "model.n_embed",
     "model.mask_token",
+    "model.linear_part",
     "model.local_component.name",
     "model.local_component.parameters.hidden_dim",
     "model.local_component.parameters.num_layers",

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from interscale.nn import GlobalEncoder, make_decoder, make_local_encoder
+from interscale.nn import GlobalEncoder, LinearPart, make_decoder, make_local_encoder
 
 if TYPE_CHECKING:
     from interscale.config import ModelConfig
@@ -53,6 +53,9 @@ class InterScaleModule(nn.Module):
     global_input_dim
         Width of the external input of a global-only model (e.g. PCA); ``None`` when the global
         component reads the local embedding.
+    linear_part
+        Give every head a closed-form linear part (:class:`interscale.nn.LinearPart`, fitted by
+        ``interscale.model``): the head predicts ``linear + gamma * decoder(embedding)``.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class InterScaleModule(nn.Module):
         dual_decoder: bool = True,
         mask_token: bool = True,
         global_input_dim: int | None = None,
+        linear_part: bool = False,
     ) -> None:
         super().__init__()
         if local_component is None and not global_component:
@@ -111,6 +115,13 @@ class InterScaleModule(nn.Module):
             _decoder() if self.has_local and (self.dual_decoder or not self.has_global) else None
         )
         self.global_decoder = _decoder() if self.has_global else None
+
+        if linear_part:
+            heads = [h for h, d in (("local", self.local_decoder), ("global", self.global_decoder))
+                     if d is not None]  # fmt: skip
+            self.linear_part = LinearPart(self.n_genes, heads)
+        else:
+            self.linear_part = None
 
         mask_width = self.n_genes if self.has_local else int(global_input_dim)
         if self.use_mask_token:
@@ -177,6 +188,13 @@ class InterScaleModule(nn.Module):
             y_global = self.global_decoder(global_emb)
         if self.local_decoder is not None:
             y_local = self.local_decoder(local_emb)
+        if self.linear_part is not None:
+            # the linear part reads the unmasked neighbours, never the cell: masking is moot
+            linear = self.linear_part(x, edge_index, ptr)
+            if y_local is not None:
+                y_local = linear["local"] + self.linear_part.gamma("local") * y_local
+            if y_global is not None:
+                y_global = linear["global"] + self.linear_part.gamma("global") * y_global
         return ModuleOutput(local_emb, global_emb, y_local, y_global, attention, cls_attention)
 
 
@@ -229,6 +247,7 @@ def module_from_config(
         dual_decoder=model_cfg.decoder.dual_decoder,
         mask_token=model_cfg.mask_token,
         global_input_dim=global_input_dim,
+        linear_part=model_cfg.linear_part,
     )
 
 
@@ -236,9 +255,13 @@ def init_decoder_bias(module: InterScaleModule, gene_means: np.ndarray) -> None:
     """Start each decoder's output bias at the mean expression of the training cells.
 
     Without this the decoders start near zero while log-normalised expression sits around a
-    few units, and the first epochs are spent learning the gene means.
+    few units, and the first epochs are spent learning the gene means. With a linear part the
+    decoders learn what it leaves: their last layer starts at zero (weights and bias), so a new
+    head predicts exactly its linear part.
     """
     mean = torch.from_numpy(np.asarray(gene_means, dtype=np.float32))
+    if module.linear_part is not None:
+        mean = torch.zeros_like(mean)
     for decoder in (module.local_decoder, module.global_decoder):
         if decoder is None:
             continue
@@ -250,3 +273,7 @@ def init_decoder_bias(module: InterScaleModule, gene_means: np.ndarray) -> None:
         if bias is not None:
             with torch.no_grad():
                 bias.copy_(mean)
+                if module.linear_part is not None:
+                    for sub in decoder.modules():
+                        if getattr(sub, "bias", None) is bias:
+                            sub.weight.zero_()

@@ -6,6 +6,7 @@ import os
 
 import pandas as pd
 
+from interscale.model._linear import fit_gamma, fit_linear_part
 from interscale.train import (
     TrainSettings,
     evaluate_masked,
@@ -78,6 +79,10 @@ class TrainingMixin:
             (dropout differs per rank); only rank 0 writes ``checkpoint_dir`` and shows the
             progress bar, and every rank ends with the best weights.
 
+        With ``model.linear_part`` the linear part of each head is fitted in closed form on
+        the training samples first, and each gene's factor of the deep part on the validation
+        samples last (``model.linear_fit_`` reports the designs, penalties and factors).
+
         Returns
         -------
         The training history (also in ``model.history_``).
@@ -133,7 +138,15 @@ class TrainingMixin:
             cosine=optim.lr_scheduler is not None,
             precision=optim.precision,
         )
+        linear = self.module.linear_part is not None
+        if linear:
+            # closed form first: the decoders then learn only what the ridge leaves
+            self.linear_fit_ = fit_linear_part(self.module, train_graphs)
         result = fit(self.module, train_graphs, val_graphs, settings, device)
+        if linear:
+            self.linear_fit_["gamma"] = fit_gamma(
+                self.module, val_graphs, ds.pct_mask_nodes, optim.seed + 3, self.device
+            )
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.is_trained_ = True

@@ -1,0 +1,230 @@
+"""``model.linear_part``: each head's closed-form ridge, its deep part and the shrinkage of it.
+
+The linear part is checked against independent computations (dense numpy neighbourhoods,
+sklearn's Ridge, the floors of ``tl.linear_baselines``); the model around it for save/load,
+determinism and the published default (off); the deep part for what it learns on real tissue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from conftest import organoids, setup_model_anndata, tiny_config
+
+import interscale as isc
+from interscale.config import ConfigError, load_config, with_overrides
+from interscale.model import CombinedModel
+from interscale.model._linear import HEAD_DESIGNS, fit_linear_part
+from interscale.nn import FEATURE_BLOCKS, neighbourhood_features
+
+
+def _dense_features(adj: np.ndarray, x: np.ndarray, sizes: list[int], fill: np.ndarray):
+    """Reference: the three blocks from a dense adjacency (row i lists i's neighbours)."""
+    n = x.shape[0]
+    a = (adj > 0).astype(float)
+    np.fill_diagonal(a, 0)
+    two = ((a + a @ a) > 0).astype(float)
+    np.fill_diagonal(two, 0)
+    out = {}
+    for name, reach in (("hop1", a), ("hop2", two)):
+        deg = reach.sum(1)
+        mean = np.where(deg[:, None] > 0, reach @ x / np.maximum(deg, 1)[:, None], fill)
+        out[name] = mean
+    loo = np.empty_like(x)
+    start = 0
+    for s in sizes:
+        block = x[start : start + s]
+        loo[start : start + s] = (
+            (block.sum(0) - block) / (s - 1) if s > 1 else np.broadcast_to(fill, block.shape)
+        )
+        start += s
+    out["sample"] = loo
+    assert n == start
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbourhood_features_match_a_dense_reference(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [7, 1, 12]  # a lone cell: no neighbours, no other cell of its sample
+    n, g = sum(sizes), 4
+    x = rng.normal(size=(n, g))
+    adj = np.zeros((n, n))
+    start = 0
+    for s in sizes:
+        block = rng.random((s, s)) < 0.3
+        adj[start : start + s, start : start + s] = block | block.T
+        start += s
+    adj[3, :] = adj[:, 3] = 0  # an isolated cell inside a sample
+    adj[5, 5] = 1  # a self loop must be ignored
+    rows, cols = np.nonzero(adj)
+    # edge_index is (source, target): the target i aggregates its row's columns
+    edge_index = torch.as_tensor(np.stack([cols, rows]))
+    edge_index = torch.cat([edge_index, edge_index[:, :3]], dim=1)  # duplicate edges too
+    ptr = torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)]))
+    fill = rng.normal(size=g)
+    got = neighbourhood_features(torch.as_tensor(x), edge_index, ptr, torch.as_tensor(fill))
+    want = _dense_features(adj, x, sizes, fill)
+    assert set(got) == set(FEATURE_BLOCKS)
+    for name in FEATURE_BLOCKS:
+        np.testing.assert_allclose(got[name].numpy(), want[name], rtol=1e-12, atol=1e-12)
+
+
+def _linear_cfg(**overrides):
+    return tiny_config({"model.linear_part": True, **overrides}, n_epochs=2, seed=3, width=16)
+
+
+@pytest.fixture(scope="module")
+def organoid_data():
+    adata = organoids(n_samples=6, cells=(120, 180), seed=1)
+    setup_model_anndata(adata)
+    return adata
+
+
+def test_the_linear_part_is_sklearns_ridge_on_the_same_features(organoid_data):
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    adata = organoid_data
+    model = CombinedModel(adata, _linear_cfg())
+    graphs = model._graphs(adata)
+    train = [g for g in graphs if g.split == "train"]
+    report = fit_linear_part(model.module, train)
+    part = model.module.linear_part
+    layer = adata.layers["log1p_norm"]
+    layer = layer.toarray() if sp.issparse(layer) else np.asarray(layer)
+    train_mean = layer[(adata.obs["split"] == "train").to_numpy()].astype(np.float64).mean(0)
+    np.testing.assert_allclose(part.fill.numpy(), train_mean, rtol=1e-6)
+    for head in ("local", "global"):
+        design = report[head]["design"]
+        assert tuple(design) in HEAD_DESIGNS[head]
+        f, y = [], []
+        for graph in train:
+            batch = isc.graphs.GraphBatch.collate([graph])
+            feats = neighbourhood_features(
+                batch.x.double(), batch.edge_index, batch.ptr, part.fill.double()
+            )
+            f.append(torch.cat([feats[b] for b in design], 1).numpy())
+            y.append(batch.x.double().numpy())
+        f, y = np.vstack(f), np.vstack(y)
+        scaler = StandardScaler().fit(f)
+        ridge = Ridge(alpha=report[head]["alpha"]).fit(scaler.transform(f), y)
+        want = ridge.predict(scaler.transform(f))
+        weight = getattr(part, f"{head}_weight").double()
+        got = getattr(part, f"{head}_bias").double().numpy() + sum(
+            f[:, j * adata.n_vars : (j + 1) * adata.n_vars]
+            @ weight[FEATURE_BLOCKS.index(b)].numpy()
+            for j, b in enumerate(design)
+        )
+        # float32 buffers: agreement to float32 rounding of the predictions
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+        assert part.blocks(head) == list(design)
+
+
+def test_cross_validation_picks_the_penalty_the_floors_pick(organoid_data):
+    adata = organoid_data
+    model = CombinedModel(adata, _linear_cfg())
+    train = [g for g in model._graphs(adata) if g.split == "train"]
+    report = fit_linear_part(model.module, train)
+    floors = isc.tl.linear_baselines(adata, key_added="lb", heldout=("test",))
+    assert floors.shape[0] == adata.n_vars
+    design = {"hop1": "hop1", "hop1+hop2": "hop2", "hop1+hop2+sample": "hop2_sample"}
+    for head in ("local", "global"):
+        name = design["+".join(report[head]["design"])]
+        assert report[head]["alpha"] == pytest.approx(adata.uns["lb"]["alpha_chosen"][name])
+
+
+def test_with_the_deep_part_off_each_head_is_its_floor(organoid_data):
+    adata = organoid_data.copy()
+    model = CombinedModel(adata, _linear_cfg())
+    model.train(progress_bar=False)
+    part = model.module.linear_part
+    for head in part.heads:
+        part.gamma(head).zero_()
+    model.get_model_output(adata)
+    floors = isc.tl.linear_baselines(adata, heldout=("test",), key_added=None)
+    ranks = isc.evaluation.calculate_gene_ranks(
+        adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global",
+        cells="test",
+    ).set_index("gene")  # fmt: skip
+    column = {"hop1": "hop1", "hop1+hop2": "hop2", "hop1+hop2+sample": "hop2_sample"}
+    for head in ("local", "global"):
+        floor = floors[column["+".join(model.linear_fit_[head]["design"])]]
+        np.testing.assert_allclose(ranks.loc[floor.index, f"r2_{head}"], floor, rtol=0, atol=2e-5)
+
+
+def test_gamma_lies_in_the_unit_interval_and_save_load_round_trips(organoid_data, tmp_path):
+    adata = organoid_data.copy()
+    model = CombinedModel(adata, _linear_cfg())
+    model.train(progress_bar=False)
+    gammas = model.linear_fit_["gamma"]
+    for values in gammas.values():
+        values = np.asarray(values)
+        assert values.shape == (adata.n_vars,)
+        assert ((values >= 0) & (values <= 1)).all()
+    model.get_model_output(adata)
+    before = adata.layers["_y_pred_global"].copy()
+    path = model.save(tmp_path)
+    loaded = CombinedModel.load(path, adata, verbose=False)
+    state, back = model.module.state_dict(), loaded.module.state_dict()
+    assert [k for k in back if k.startswith("linear_part.")]
+    for key in state:
+        assert torch.equal(state[key], back[key]), key
+    loaded.get_model_output(adata)
+    np.testing.assert_array_equal(adata.layers["_y_pred_global"], before)
+    # a config that disagrees on the linear part is refused by name
+    other = with_overrides(model.cfg, {"model.linear_part": False})
+    with pytest.raises(ValueError, match="model.linear_part"):
+        CombinedModel.load(path, adata, other, verbose=False)
+
+
+def test_seeded_training_with_the_linear_part_is_bit_identical(organoid_data):
+    outs = []
+    for _ in range(2):
+        adata = organoid_data.copy()
+        model = CombinedModel(adata, _linear_cfg())
+        model.train(progress_bar=False)
+        model.get_model_output(adata)
+        outs.append((model.module.state_dict(), adata.layers["_y_pred_local"].copy()))
+    (s1, y1), (s2, y2) = outs
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_the_option_is_off_by_default_and_validated():
+    assert load_config(None).model.linear_part is False
+    assert load_config("config_files/legnini_example.yaml").model.linear_part is False
+    with pytest.raises(ConfigError, match="model.linear_part"):
+        with_overrides(load_config(None), {"model.linear_part": "often"})
+    adata = organoids(n_samples=3, cells=(60, 80), seed=2)
+    setup_model_anndata(adata)
+    model = CombinedModel(adata, tiny_config())
+    assert model.module.linear_part is None
+    assert not [k for k in model.module.state_dict() if k.startswith("linear_part")]
+
+
+def test_one_training_sample_is_refused_with_the_reason():
+    adata = organoids(n_samples=3, cells=(60, 80), seed=2)
+    adata.obs["split"] = np.array(["train", "val", "test"])[adata.obs["sample"].cat.codes]
+    setup_model_anndata(adata)
+    model = CombinedModel(adata, _linear_cfg())
+    with pytest.raises(ValueError, match="at least 2"):
+        model.train(progress_bar=False)
+
+
+def test_a_sparse_layer_gives_the_dense_layers_linear_part(organoid_data):
+    sparse = organoid_data.copy()
+    dense = organoid_data.copy()
+    layer = dense.layers["log1p_norm"]
+    assert sp.issparse(layer)
+    dense.layers["log1p_norm"] = layer.toarray()
+    fits = []
+    for adata in (dense, sparse):
+        model = CombinedModel(adata, _linear_cfg())
+        train = [g for g in model._graphs(adata) if g.split == "train"]
+        fit_linear_part(model.module, train)
+        fits.append(model.module.linear_part.state_dict())
+    for key in fits[0]:
+        assert torch.equal(fits[0][key], fits[1][key]), key
