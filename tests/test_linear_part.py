@@ -14,7 +14,7 @@ import torch
 from conftest import organoids, setup_model_anndata, tiny_config
 
 import interscale as isc
-from interscale.config import ConfigError, load_config, with_overrides
+from interscale.config import ConfigError, load_config, tutorial_config, with_overrides
 from interscale.model import CombinedModel
 from interscale.model._linear import HEAD_DESIGNS, fit_linear_part
 from interscale.nn import FEATURE_BLOCKS, neighbourhood_features
@@ -98,48 +98,59 @@ def test_the_linear_part_is_sklearns_ridge_on_the_same_features(organoid_data):
     train_mean = layer[(adata.obs["split"] == "train").to_numpy()].astype(np.float64).mean(0)
     np.testing.assert_allclose(part.fill.numpy(), train_mean, rtol=1e-6)
     for head in ("local", "global"):
-        design = report[head]["design"]
-        assert tuple(design) in HEAD_DESIGNS[head]
-        f, y = [], []
+        designs, alphas = report[head]["design"], report[head]["alpha"]
+        assert len(designs) == len(alphas) == adata.n_vars
+        weight = getattr(part, f"{head}_weight").double().numpy()
+        bias = getattr(part, f"{head}_bias").double().numpy()
+        feats = []
         for graph in train:
             batch = isc.graphs.GraphBatch.collate([graph])
-            feats = neighbourhood_features(
+            f = neighbourhood_features(
                 batch.x.double(), batch.edge_index, batch.ptr, part.fill.double()
             )
-            f.append(torch.cat([feats[b] for b in design], 1).numpy())
-            y.append(batch.x.double().numpy())
-        f, y = np.vstack(f), np.vstack(y)
-        scaler = StandardScaler().fit(f)
-        ridge = Ridge(alpha=report[head]["alpha"]).fit(scaler.transform(f), y)
-        want = ridge.predict(scaler.transform(f))
-        weight = getattr(part, f"{head}_weight").double()
-        got = getattr(part, f"{head}_bias").double().numpy() + sum(
-            f[:, j * adata.n_vars : (j + 1) * adata.n_vars]
-            @ weight[FEATURE_BLOCKS.index(b)].numpy()
-            for j, b in enumerate(design)
-        )
-        # float32 buffers: agreement to float32 rounding of the predictions
-        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
-        assert part.blocks(head) == list(design)
+            feats.append({b: f[b].numpy() for b in FEATURE_BLOCKS} | {"y": batch.x.numpy()})
+        blocks = {b: np.vstack([f[b] for f in feats]) for b in FEATURE_BLOCKS}
+        y = np.vstack([f["y"] for f in feats]).astype(np.float64)
+        options = sorted(set(zip(designs, alphas, strict=True)))
+        for design, alpha in options:
+            genes = [j for j in range(adata.n_vars) if (designs[j], alphas[j]) == (design, alpha)]
+            assert tuple(design.split("+")) in HEAD_DESIGNS[head]
+            f = np.hstack([blocks[b] for b in design.split("+")])
+            scaler = StandardScaler().fit(f)
+            ridge = Ridge(alpha=alpha).fit(scaler.transform(f), y[:, genes])
+            want = ridge.predict(scaler.transform(f))
+            got = bias[genes] + sum(
+                blocks[b] @ weight[FEATURE_BLOCKS.index(b)][:, genes] for b in FEATURE_BLOCKS
+            )
+            # float32 buffers: agreement to float32 rounding of the predictions
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+        used = {b for d in designs for b in d.split("+")}
+        assert part.blocks(head) == [b for b in FEATURE_BLOCKS if b in used]
 
 
 def test_cross_validation_picks_the_penalty_the_floors_pick(organoid_data):
     adata = organoid_data
     model = CombinedModel(adata, _linear_cfg())
     train = [g for g in model._graphs(adata) if g.split == "train"]
-    report = fit_linear_part(model.module, train)
+    report = fit_linear_part(model.module, train, per_gene=False)
     floors = isc.tl.linear_baselines(adata, key_added="lb", heldout=("test",))
     assert floors.shape[0] == adata.n_vars
-    design = {"hop1": "hop1", "hop1+hop2": "hop2", "hop1+hop2+sample": "hop2_sample"}
     for head in ("local", "global"):
-        name = design["+".join(report[head]["design"])]
-        assert report[head]["alpha"] == pytest.approx(adata.uns["lb"]["alpha_chosen"][name])
+        (name,) = set(report[head]["design"])
+        (alpha,) = set(report[head]["alpha"])
+        assert alpha == pytest.approx(adata.uns["lb"]["alpha_chosen"][_FLOOR_OF[name]])
+
+
+_FLOOR_OF = {"hop1": "hop1", "hop1+hop2": "hop2", "hop1+hop2+sample": "hop2_sample"}
 
 
 def test_with_the_deep_part_off_each_head_is_its_floor(organoid_data):
     adata = organoid_data.copy()
     model = CombinedModel(adata, _linear_cfg())
     model.train(progress_bar=False)
+    # one design and penalty for all genes, as the floors choose them
+    train = [g for g in model._graphs(adata) if g.split == "train"]
+    report = fit_linear_part(model.module, train, per_gene=False)
     part = model.module.linear_part
     for head in part.heads:
         part.gamma(head).zero_()
@@ -149,9 +160,8 @@ def test_with_the_deep_part_off_each_head_is_its_floor(organoid_data):
         adata, layers_local_pred="_y_pred_local", layers_global_pred="_y_pred_global",
         cells="test",
     ).set_index("gene")  # fmt: skip
-    column = {"hop1": "hop1", "hop1+hop2": "hop2", "hop1+hop2+sample": "hop2_sample"}
     for head in ("local", "global"):
-        floor = floors[column["+".join(model.linear_fit_[head]["design"])]]
+        floor = floors[_FLOOR_OF[report[head]["design"][0]]]
         np.testing.assert_allclose(ranks.loc[floor.index, f"r2_{head}"], floor, rtol=0, atol=2e-5)
 
 
@@ -203,6 +213,10 @@ def test_the_option_is_off_by_default_and_validated():
     model = CombinedModel(adata, tiny_config())
     assert model.module.linear_part is None
     assert not [k for k in model.module.state_dict() if k.startswith("linear_part")]
+
+
+def test_tutorial_config_turns_it_on():
+    assert tutorial_config().model.linear_part is True
 
 
 def test_one_training_sample_is_refused_with_the_reason():

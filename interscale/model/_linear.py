@@ -6,10 +6,11 @@
 
 1. The linear part is a ridge regression fitted on the training samples before any gradient
    step, by the rule of ``interscale.tl.linear_baselines``: features standardised over the
-   training cells, an unpenalised intercept, the penalty ``alpha`` (and, among nested designs,
-   the design) chosen by cross-validation over whole training samples (up to 5 folds, samples
-   assigned in turn). The local head chooses between the 1-hop means and the 1- and 2-hop
-   means; the global head may add the leave-one-out sample mean.
+   training cells, an unpenalised intercept, the penalty ``alpha`` and the design (nested)
+   chosen by cross-validation over whole training samples (up to 5 folds, samples assigned in
+   turn), here per gene. The local head chooses between the 1-hop means and the 1- and 2-hop
+   means; the global head may add the leave-one-out sample mean. The floors choose one
+   penalty per design for all genes, a special case (``per_gene=False``).
 2. The deep part starts at zero and is trained, masked as before, on what the linear part
    leaves.
 3. After training, ``gamma_g`` in [0, 1] is the least-squares factor of the deep part on the
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from interscale._ridge import RidgePath, RidgeStats, cv_r2
+from interscale._ridge import RidgePath, RidgeStats
 from interscale.graphs import GraphBatch, SampleGraph
 from interscale.nn import FEATURE_BLOCKS, neighbourhood_features
 from interscale.train import fold_masks
@@ -62,6 +63,7 @@ def fit_linear_part(
     module: torch.nn.Module,
     train_graphs: Sequence[SampleGraph],
     alpha_grid: Sequence[float] | None = None,
+    per_gene: bool = True,
 ) -> dict:
     """Fit the linear part of every head of ``module`` on the training graphs, in place.
 
@@ -73,12 +75,16 @@ def fit_linear_part(
         The training samples' graphs (their core cells are the rows of the regression).
     alpha_grid
         Penalties as multiples of the training cells (default :data:`ALPHA_GRID`).
+    per_gene
+        Choose design and penalty per gene (default; a multi-target ridge is one ridge per
+        target, so each gene may take its own). ``False`` chooses one for all genes, by the
+        mean cross-validated R^2, as ``linear_baselines`` chooses each floor's penalty.
 
     Returns
     -------
     dict
-        Per head: the chosen ``design``, ``alpha`` and the cross-validated mean R^2 of each
-        candidate design at its best penalty.
+        Per head: each gene's ``design`` (block names joined by ``+``) and ``alpha``, and the
+        mean cross-validated R^2 of the choice (``cv_r2``).
 
     Raises
     ------
@@ -118,37 +124,52 @@ def fit_linear_part(
             [np.arange(k * n_genes, (k + 1) * n_genes) for k, b in enumerate(blocks) if b in design]
         )
 
-    designs = {d for head in part.heads for d in HEAD_DESIGNS[head]}
-    cv = {"+".join(d): cv_r2(folds, alphas, columns(d)) for d in sorted(designs, key=len)}
+    designs = sorted({d for head in part.heads for d in HEAD_DESIGNS[head]}, key=len)
+    # pooled squared error of every design and penalty per gene, each fold fitted on the others
+    cv_sse = {d: np.zeros((len(alphas), n_genes)) for d in designs}
+    for fold in folds:
+        rest = total - fold
+        for d in designs:
+            cv_sse[d] += RidgePath(rest, columns(d)).sse(fold, alphas)
+    sst = sum(fold.sst() for fold in folds)
+    varies = sst > 1e-12 * max(1.0, float(sst.max(initial=0.0)))
+    if not varies.any():
+        raise ValueError(
+            "model.linear_part: every gene is constant within the training samples, so "
+            "cross-validation cannot choose the ridge penalty"
+        )
     report: dict = {}
     for head in part.heads:
-        candidates = [(float(np.nanmax(cv["+".join(d)])), d) for d in HEAD_DESIGNS[head]]
-        if all(np.isnan(score) for score, _ in candidates):
-            raise ValueError(
-                "model.linear_part: every gene is constant within the training samples, so "
-                "cross-validation cannot choose the ridge penalty"
-            )
-        # the first (smallest) design wins ties: nested designs only add features
-        _, design = max(candidates, key=lambda c: np.nan_to_num(c[0], nan=-np.inf))
-        key = "+".join(design)
-        alpha = alphas[int(np.nanargmax(cv[key]))]
-        cols = columns(design)
-        w, bias = RidgePath(total, cols).coef(alpha)
+        options = HEAD_DESIGNS[head]
+        # (design, alpha) options x genes; the first option wins ties (the smallest design,
+        # the smallest penalty): nested designs only add features
+        sse = np.concatenate([cv_sse[d] for d in options])
+        if per_gene:
+            pick = np.argmin(sse, axis=0)
+        else:
+            pooled = 1.0 - sse[:, varies] / sst[varies]
+            pick = np.full(n_genes, int(np.argmax(pooled.mean(axis=1))))
         weight = np.zeros((len(blocks), n_genes, n_genes))
-        used = np.zeros(len(blocks), dtype=bool)
-        for j, name in enumerate(n for n in blocks if n in design):
-            k = blocks.index(name)
-            weight[k] = w[j * n_genes : (j + 1) * n_genes]
-            used[k] = True
+        bias = np.zeros(n_genes)
+        for option in np.unique(pick):
+            design, alpha = options[option // len(alphas)], alphas[option % len(alphas)]
+            genes = np.flatnonzero(pick == option)
+            w, b = RidgePath(total, columns(design)).coef(alpha)
+            bias[genes] = b[genes]
+            for j, name in enumerate(n for n in blocks if n in design):
+                weight[blocks.index(name)][:, genes] = w[j * n_genes : (j + 1) * n_genes, genes]
+        design_of_gene = [options[o // len(alphas)] for o in pick]
+        used = np.array([any(b in d for d in design_of_gene) for b in blocks])
         with torch.no_grad():
             getattr(part, f"{head}_weight").copy_(torch.from_numpy(weight))
             getattr(part, f"{head}_bias").copy_(torch.from_numpy(bias))
             getattr(part, f"{head}_blocks").copy_(torch.from_numpy(used))
             getattr(part, f"{head}_gamma").fill_(1.0)
+        best = 1.0 - sse[pick, np.arange(n_genes)][varies] / sst[varies]
         report[head] = {
-            "design": list(design),
-            "alpha": float(alpha),
-            "cv_r2": {"+".join(d): float(np.nanmax(cv["+".join(d)])) for d in HEAD_DESIGNS[head]},
+            "design": ["+".join(d) for d in design_of_gene],
+            "alpha": [float(alphas[o % len(alphas)]) for o in pick],
+            "cv_r2": float(best.mean()),
         }
     with torch.no_grad():
         part.fill.copy_(torch.from_numpy(fill))
