@@ -605,14 +605,20 @@ def test_report_cells_reads_only_the_test_samples_as_held_out():
     before = adata.obs.copy()
     assert report_cells(adata, "test", "split") == ["test"]
     assert report_cells(adata, ["test", "test"], "split") == ["test"]
-    # any other request is the caller's explicit choice, passed on unchanged
-    for other in ("val", "val,test", ["val", "test"], "all", None):
+    assert report_cells(adata, "val, test", "split") == ["val", "test"]
+    # anything else is passed on unchanged
+    mask = np.ones(adata.n_obs, dtype=bool)
+    for other in ("all", "train", ["train", "val"], None):
         assert report_cells(adata, other, "split") == other
+    assert report_cells(adata, mask, "split") is mask
     no_test = adata.copy()
     no_test.obs["split"] = no_test.obs["split"].astype(str).replace("test", "val")
+    # asked for the held-out split: refused, never scored on val instead
     with pytest.raises(ValueError, match="no test samples") as err:
         report_cells(no_test, "test", "split")
     assert "best epoch" in str(err.value) and "cells='val'" in str(err.value)
+    # asked for val and test explicitly: the val samples, as asked
+    assert report_cells(no_test, "val,test", "split") == ["val"]
     with pytest.raises(KeyError, match="fold"):
         report_cells(adata, "test", "fold")
     pd.testing.assert_frame_equal(adata.obs, before)

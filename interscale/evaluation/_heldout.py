@@ -23,6 +23,8 @@ __all__ = ["HELDOUT_SPLITS", "auroc_with_reason", "heldout_r2", "report_cells"]
 
 # The splits whose samples neither training nor early stopping saw (val picks the best epoch).
 HELDOUT_SPLITS = ("test",)
+# The splits training did not fit (val did choose the epoch): what a report may score.
+_UNFITTED_SPLITS = ("val", "test")
 
 
 def heldout_r2(
@@ -84,13 +86,14 @@ def _split_key_of(adata: AnnData) -> str:
 def report_cells(
     adata: AnnData, cells: str | Sequence[str] | None, split_key: str
 ) -> str | list[str] | None:
-    """The ``cells`` a report scores, checked to exist when they are the held-out test samples.
+    """The ``cells`` a report scores: requested ``val`` / ``test`` names kept where present.
 
-    A request for the held-out split (``"test"``, ``["test"]``) is returned as a list when the
-    data has test samples and refused with a clear message when it has none: there is no
-    silent fall-back to the validation samples, which chose the best epoch and are therefore
-    not unseen. Any other request (``"val"``, ``"val,test"``, ``"all"``, a mask) is passed on
-    unchanged, and checked by :func:`calculate_gene_ranks`.
+    A request made only of ``"val"`` and ``"test"`` keeps the names the data has (``"val,test"``
+    on data without a test split scores the validation samples, as asked). A request for the
+    held-out split alone (``"test"``, the default of the reports) is refused with a clear
+    message when the data has no test samples: it never falls back to the validation samples,
+    which chose the best epoch and are therefore not unseen. Any other request (``"all"``,
+    ``"train"``, a mask) is passed on unchanged, and checked by :func:`calculate_gene_ranks`.
 
     Parameters
     ----------
@@ -105,18 +108,19 @@ def report_cells(
     Returns
     -------
     str, list of str or None
-        ``["test"]`` for a request of the held-out split, or ``cells`` unchanged when it
-        asks for anything else.
+        The requested ``val`` / ``test`` names present in the data (in the order requested),
+        or ``cells`` unchanged when it asks for anything else.
 
     Raises
     ------
     KeyError
         Held-out cells are requested but ``split_key`` is not an obs column.
     ValueError
-        Held-out cells are requested but the data has no test samples.
+        Held-out cells are requested but the data has none of the requested splits (for
+        ``"test"``: no test samples).
     """
     names = split_names(cells) if cells is not None else None
-    if not names or not set(names) <= set(HELDOUT_SPLITS):
+    if not names or not set(names) <= set(_UNFITTED_SPLITS):
         return cells
     if split_key not in adata.obs.columns:
         raise KeyError(
