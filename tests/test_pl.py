@@ -222,3 +222,69 @@ def test_no_global_side_effects(adata, tmp_path, monkeypatch):
     after = dict(matplotlib.rcParams)
     assert {k for k in before if before[k] != after[k]} == set()
     assert list(tmp_path.iterdir()) == []
+
+
+def _ranks_table(n_genes: int, seed: int) -> pd.DataFrame:
+    """Gene ranks with bootstrap intervals on data whose heads differ gene by gene."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    x = rng.gamma(2.0, 1.0, size=(n, n_genes)).astype(np.float32)
+    a = ad.AnnData(X=x)
+    a.var_names = [f"Gene{i:02d}" for i in range(n_genes)]
+    a.layers["log1p_norm"] = x
+    noise_local, noise_global = rng.uniform(0.2, 1.5, (2, n_genes))
+    for key, scale in (("_y_pred_local", noise_local), ("_y_pred_global", noise_global)):
+        a.layers[key] = (x + rng.normal(size=x.shape) * scale).astype(np.float32)
+    return calculate_gene_ranks(
+        a,
+        layers_local_pred="_y_pred_local",
+        layers_global_pred="_y_pred_global",
+        layer_true="log1p_norm",
+        n_boot=20,
+    )
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("n_genes", [30, 90])
+@pytest.mark.parametrize("show_all", [False, True])
+def test_gene_ranks_layout_keeps_texts_apart(n_genes, show_all, tmp_path):
+    """Measured on the drawn artists: gene labels never overlap each other, the legend stays
+    clear of the x label and tick labels, the title clear of the y label."""
+    df = _ranks_table(n_genes, seed=n_genes)
+    ax = interscale.pl.gene_ranks(df, top_n=5, show_all=show_all, save=tmp_path / "r.png")
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    names = [t for t in ax.texts if isinstance(t, matplotlib.text.Annotation) and t.get_text()]
+    assert len(names) >= 10  # five best predicted and at least five driven genes named
+    assert len({t.get_text() for t in names}) == len(names)
+    # the text of each label alone (an Annotation's own extent includes its leader line)
+    boxes = [matplotlib.text.Text.get_window_extent(t, renderer) for t in names]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not _overlap(boxes[i], boxes[j]), (names[i].get_text(), names[j].get_text())
+    assert min(t.get_fontsize() for t in names) >= 5  # legible
+    legend = ax.get_legend().get_window_extent(renderer)
+    xaxis_texts = [ax.xaxis.label, *[t for t in ax.get_xticklabels() if t.get_text()]]
+    assert xaxis_texts[0].get_text()
+    for text in xaxis_texts:
+        assert not _overlap(legend, text.get_window_extent(renderer)), text.get_text()
+    title = ax.title.get_window_extent(renderer)
+    assert not _overlap(title, ax.yaxis.label.get_window_extent(renderer))
+    for box in boxes:
+        assert not _overlap(box, legend) and not _overlap(box, title)
+    # all of it inside the figure
+    figure = fig.bbox
+    for box in [*boxes, legend, title]:
+        assert figure.x0 <= box.x0 and box.x1 <= figure.x1
+        assert figure.y0 <= box.y0 and box.y1 <= figure.y1
+    # each label is joined to its own point: the leader line ends at the gene's ranks
+    by_gene = df.set_index("gene")
+    for t in names:
+        assert t.xy == pytest.approx(
+            tuple(by_gene.loc[t.get_text(), ["Local Rank", "Global Rank"]]), abs=1e-9
+        )
+    assert (tmp_path / "r.png").read_bytes().startswith(PNG_MAGIC)

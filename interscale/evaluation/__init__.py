@@ -1,7 +1,12 @@
 """Gene-level evaluation: which genes each scale predicts, loadings, latent dimensions."""
 
 from interscale.evaluation._baselines import linear_baselines
-from interscale.evaluation._claims import auroc_rank_difference, driven_genes
+from interscale.evaluation._claims import (
+    auroc_rank_difference,
+    driven_genes,
+    driven_genes_vs_floor,
+    floor_of,
+)
 from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
 from interscale.evaluation._heldout import auroc_with_reason, heldout_r2, report_cells
 from interscale.evaluation._latent import latent_correlation_matrix, latent_rank_report
@@ -19,7 +24,9 @@ __all__ = [
     "calculate_dim_importance",
     "calculate_gene_ranks",
     "driven_genes",
+    "driven_genes_vs_floor",
     "evaluate_to_folder",
+    "floor_of",
     "gene_loadings",
     "gene_ranks_from_model",
     "gene_ranks_from_r2",

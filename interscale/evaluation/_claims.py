@@ -3,6 +3,7 @@ Rank Difference against planted programs."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,73 @@ from scipy.stats import rankdata
 
 from interscale.names import HEADS
 
-__all__ = ["auroc_rank_difference", "driven_genes"]
+__all__ = ["auroc_rank_difference", "driven_genes", "driven_genes_vs_floor", "floor_of"]
+
+
+def floor_of(columns: Any, which: str) -> str:
+    """The linear floor a head is read against: the ridge on the averages of its own scale.
+
+    ``"local"``: the ``hop{k}`` column with the largest ``k`` (neighbourhood means);
+    ``"global"``: the ``hop{k}_sample`` column with the largest ``k`` (neighbourhood and
+    sample means, everything the Transformer sees that a ridge can use).
+
+    Parameters
+    ----------
+    columns
+        Columns of a :func:`interscale.evaluation.linear_baselines` table.
+    which
+        ``"local"`` or ``"global"``.
+
+    Returns
+    -------
+    str
+        The column name.
+
+    Raises
+    ------
+    ValueError
+        ``which`` is not ``"local"``/``"global"``.
+    KeyError
+        No column of that form.
+    """
+    if which not in HEADS:
+        raise ValueError(f"floor_of: which must be 'local' or 'global', got {which!r}")
+    pattern, example = (
+        (r"hop(\d+)", "hop2") if which == "local" else (r"hop(\d+)_sample", "hop2_sample")
+    )
+    found = [(int(m.group(1)), str(c)) for c in columns if (m := re.fullmatch(pattern, str(c)))]
+    if not found:
+        raise KeyError(
+            f"floor_of: no {which} floor: the baselines have no column like {example!r} "
+            f"(got {[str(c) for c in columns]})"
+        )
+    return max(found)[1]
+
+
+def _floor_values(
+    df: pd.DataFrame, baselines: pd.DataFrame, which: str, floor: str | None, what: str
+) -> tuple[str, np.ndarray]:
+    """(floor name, floor R^2 on each row of ``df``), genes matched by name."""
+    if not isinstance(baselines, pd.DataFrame):
+        raise TypeError(
+            f"{what}: baselines must be a DataFrame from linear_baselines, "
+            f"got {type(baselines).__name__}"
+        )
+    name = floor_of(baselines.columns, which) if floor is None else str(floor)
+    if name not in baselines.columns:
+        raise KeyError(
+            f"{what}: baselines has no column {name!r} (columns: {list(baselines.columns)})"
+        )
+    column = baselines[name].set_axis(baselines.index.astype(str), axis=0)
+    if column.index.has_duplicates:
+        raise ValueError(f"{what}: baselines has duplicated genes")
+    genes = pd.Index(df["gene"].astype(str))
+    missing = genes[~genes.isin(column.index)].unique()
+    if len(missing):
+        raise KeyError(
+            f"{what}: {len(missing)} gene(s) of df are not in baselines: {list(missing[:10])}"
+        )
+    return name, pd.to_numeric(column, errors="coerce").loc[genes].to_numpy(dtype=np.float64)
 
 
 def _claim_masks(
@@ -52,6 +119,8 @@ def driven_genes(
     n: int | None = None,
     margin: float = 0.01,
     require_interval: bool = True,
+    baselines: pd.DataFrame | None = None,
+    floor: str | None = None,
 ) -> list[str]:
     """Genes that can be claimed as local-driven or global-driven, strongest first.
 
@@ -67,6 +136,12 @@ def driven_genes(
        excludes 0 on that side: ``rank_difference_lo`` > 0 for ``"local"``,
        ``rank_difference_hi`` < 0 for ``"global"``.
 
+    4. with ``baselines``, the head beats its linear floor on the gene: ``r2_<which>`` >
+       the floor's held-out R^2 (a rank gap between two heads that both lose to a ridge on
+       the averages they see is no evidence that either scale drives the gene). To report
+       the claims of 1-3 with the floor and whether each beat it, use
+       :func:`driven_genes_vs_floor`.
+
     A NaN in any column used never passes.
 
     Parameters
@@ -81,6 +156,11 @@ def driven_genes(
         R^2 floor used without bootstrap columns.
     require_interval
         Require the Rank Difference interval to exclude 0 (when the columns exist).
+    baselines
+        Output of :func:`linear_baselines` scored on the same cells as ``df`` (indexed by
+        gene); None: no floor condition.
+    floor
+        Column of ``baselines`` to beat (default: :func:`floor_of` the head).
 
     Returns
     -------
@@ -91,11 +171,34 @@ def driven_genes(
     Raises
     ------
     KeyError
-        ``df`` lacks ``gene``, ``Rank Difference`` or ``r2_<which>``.
+        ``df`` lacks ``gene``, ``Rank Difference`` or ``r2_<which>``; ``baselines`` lacks
+        the floor column or a gene of ``df``.
     ValueError
-        ``which`` is not ``"local"``/``"global"``, ``n`` < 0 or ``margin`` is not finite.
+        ``which`` is not ``"local"``/``"global"``, ``n`` < 0, ``margin`` is not finite or
+        ``baselines`` has duplicated genes.
+    TypeError
+        ``baselines`` is not a DataFrame.
     """
     what = "driven_genes"
+    _check_claim_args(df, which, n, margin, what)
+    masks = _claim_masks(df, which, float(margin), require_interval)
+    keep = masks["direction"] & masks["floor"] & masks["interval"]
+    if baselines is not None:
+        _, floor_r2 = _floor_values(df, baselines, which, floor, what)
+        with np.errstate(invalid="ignore"):
+            keep &= df[f"r2_{which}"].to_numpy(dtype=np.float64) > floor_r2
+    return [str(g) for g in df["gene"].to_numpy()[_strongest(df, keep, which, n)]]
+
+
+def _strongest(df: pd.DataFrame, keep: np.ndarray, which: str, n: int | None) -> np.ndarray:
+    """Positions of the kept rows, by Rank Difference (descending for local), ties in order."""
+    rows = np.flatnonzero(keep)
+    diff = df["Rank Difference"].to_numpy(dtype=np.float64)[rows]
+    rows = rows[np.argsort(diff if which == "global" else -diff, kind="stable")]
+    return rows if n is None else rows[: int(n)]
+
+
+def _check_claim_args(df: pd.DataFrame, which: str, n: Any, margin: Any, what: str) -> None:
     if which not in HEADS:
         raise ValueError(f"{what}: which must be 'local' or 'global', got {which!r}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
@@ -105,12 +208,69 @@ def driven_genes(
     for col in ("gene", "Rank Difference", f"r2_{which}"):
         if col not in df.columns:
             raise KeyError(f"{what}: df has no column {col!r}")
+
+
+def driven_genes_vs_floor(
+    df: pd.DataFrame,
+    baselines: pd.DataFrame,
+    *,
+    which: str = "local",
+    floor: str | None = None,
+    n: int | None = None,
+    margin: float = 0.01,
+    require_interval: bool = True,
+) -> pd.DataFrame:
+    """The claimed genes of a head, each with the linear floor it was read against.
+
+    The genes are those of :func:`driven_genes` without a floor condition (same order);
+    each row says which ridge floor the head was compared with on that gene and whether the
+    head beat it, so a claim is never reported without its floor. ``driven_genes(df, ...,
+    baselines=baselines)`` keeps the rows with ``beats_floor`` true.
+
+    Parameters
+    ----------
+    df
+        Output of :func:`calculate_gene_ranks`.
+    baselines
+        Output of :func:`linear_baselines` on the same scored cells (indexed by gene).
+    which
+        ``"local"`` or ``"global"``.
+    floor
+        Column of ``baselines`` (default: :func:`floor_of` the head: ``hop{K}`` for the
+        local head, ``hop{K}_sample`` for the global head).
+    n, margin, require_interval
+        As in :func:`driven_genes`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``gene``, ``Rank Difference``, ``r2`` (the head's), ``floor`` (the column
+        name), ``r2_floor``, ``beats_floor`` (``r2 > r2_floor``; False where either is NaN).
+
+    Raises
+    ------
+    KeyError, ValueError, TypeError
+        As :func:`driven_genes` with ``baselines``.
+    """
+    what = "driven_genes_vs_floor"
+    _check_claim_args(df, which, n, margin, what)
+    name, floor_r2 = _floor_values(df, baselines, which, floor, what)
     masks = _claim_masks(df, which, float(margin), require_interval)
     keep = masks["direction"] & masks["floor"] & masks["interval"]
-    sub = df.loc[keep, ["gene", "Rank Difference"]]
-    sub = sub.sort_values("Rank Difference", ascending=which == "global", kind="mergesort")
-    genes = [str(g) for g in sub["gene"]]
-    return genes if n is None else genes[: int(n)]
+    rows = _strongest(df, keep, which, n)
+    r2 = df[f"r2_{which}"].to_numpy(dtype=np.float64)[rows]
+    with np.errstate(invalid="ignore"):
+        beats = r2 > floor_r2[rows]
+    return pd.DataFrame(
+        {
+            "gene": df["gene"].astype(str).to_numpy()[rows],
+            "Rank Difference": df["Rank Difference"].to_numpy(dtype=np.float64)[rows],
+            "r2": r2,
+            "floor": name,
+            "r2_floor": floor_r2[rows],
+            "beats_floor": beats,
+        }
+    )
 
 
 def _claim_summary(df: pd.DataFrame, which: str, margin: float = 0.01) -> dict[str, Any]:

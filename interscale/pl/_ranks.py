@@ -77,6 +77,129 @@ def _draw_intervals(
             )
 
 
+def _label_rows(*groups: tuple[pd.DataFrame, str]) -> list[tuple[float, float, str, str]]:
+    """(x, y, gene, colour) of every gene to name, each once (first group that has it)."""
+    named: set[str] = set()
+    rows = []
+    for sub, color in groups:
+        for gx, gy, name in zip(sub["Local Rank"], sub["Global Rank"], sub["gene"], strict=True):
+            if str(name) not in named:
+                named.add(str(name))
+                rows.append((float(gx), float(gy), str(name), color))
+    return rows
+
+
+def _renderer(fig: Any) -> Any:
+    """The figure's renderer after a layout pass (positions are final for this content)."""
+    fig.draw_without_rendering()
+    return fig.canvas.get_renderer()
+
+
+def _legend_below_axis(ax: Any, fontsize: float) -> None:
+    """Legend under the x label and tick labels, however the layout later sizes the axes.
+
+    The distance from the bottom spine to the lowest x-axis text is fixed in points (tick
+    length, padding, font sizes), so the legend is anchored that many points below the
+    spine rather than at a fraction of the axes height (which overlapped the x label).
+    """
+    from matplotlib.transforms import ScaledTranslation
+
+    fig = ax.figure
+    renderer = _renderer(fig)
+    spine = ax.get_window_extent(renderer).y0
+    lowest = min(
+        [spine]
+        + [t.get_window_extent(renderer).y0 for t in (ax.xaxis.label,) if t.get_text()]
+        + [t.get_window_extent(renderer).y0 for t in ax.get_xticklabels() if t.get_text()]
+    )
+    drop = (spine - lowest) / fig.dpi + fontsize / 72.0  # inches, plus one text line of air
+    # the interval entry is long: two columns of it would be wider than the axes
+    entries = ax.get_legend_handles_labels()[1]
+    ax.legend(
+        fontsize=fontsize,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=ax.transAxes + ScaledTranslation(0.0, -drop, fig.dpi_scale_trans),
+        ncol=1 if max(map(len, entries), default=0) > 40 else 2,
+        frameon=False,
+    )
+
+
+def _spread(targets: np.ndarray, gap: float) -> np.ndarray:
+    """Positions in [gap/2, 1 - gap/2], in the order of ``targets``, at least ``gap`` apart,
+    each as close to its target as the others allow (targets sorted ascending)."""
+    pos = np.clip(targets, gap / 2.0, 1.0 - gap / 2.0)
+    # push up from the bottom, then down from the top: a fixed number of passes, no search
+    pos = np.maximum.accumulate(pos - gap * np.arange(pos.size)) + gap * np.arange(pos.size)
+    top = 1.0 - gap / 2.0 - gap * np.arange(pos.size)[::-1]
+    pos = np.minimum(pos, top)
+    return pos
+
+
+def _label_column(ax: Any, labels: list[tuple[float, float, str, str]], fontsize: float) -> None:
+    """Name genes in a column right of the axes, at their points' heights where there is
+    room, each joined to its point by a thin leader line.
+
+    Labels next to their points stacked on top of each other where the best predicted genes
+    crowd the upper right. In the column, labels are kept one line and a quarter apart (the
+    font shrinks, down to 5 pt, when the axes are too short for that); placed again after
+    each layout pass until the spacing holds at the final axes height.
+    """
+    from matplotlib.text import Text
+
+    order = sorted(range(len(labels)), key=lambda i: (labels[i][1], labels[i][0], labels[i][2]))
+    texts = []
+    for i in order:
+        gx, gy, name, color = labels[i]
+        texts.append(
+            ax.annotate(
+                name,
+                (gx, gy),
+                xytext=(1.03, 0.5),
+                textcoords="axes fraction",
+                ha="left",
+                va="center",
+                fontsize=fontsize,
+                color=color,
+                zorder=5,
+                annotation_clip=False,
+                arrowprops={
+                    "arrowstyle": "-",
+                    "color": color,
+                    "linewidth": 0.6,
+                    "alpha": 0.6,
+                    "shrinkA": 1,
+                    "shrinkB": 3,
+                },
+            )
+        )
+    heights = np.array([labels[i][1] for i in order])
+    fig = ax.figure
+
+    def text_box(t: Any) -> Any:  # the text alone; an Annotation's own extent adds its line
+        return Text.get_window_extent(t, renderer)
+
+    for _ in range(3):
+        renderer = _renderer(fig)
+        box = ax.get_window_extent(renderer)
+        line = max(text_box(t).height for t in texts)
+        size = texts[0].get_fontsize()
+        if len(texts) * 1.25 * line > box.height:  # too many names for one column at this size
+            size = max(5.0, size * box.height / (len(texts) * 1.25 * line))
+            for t in texts:
+                t.set_fontsize(size)
+            line = max(text_box(t).height for t in texts)
+        ymin, ymax = ax.get_ylim()
+        wanted = (heights - ymin) / (ymax - ymin) if ymax > ymin else np.full(len(texts), 0.5)
+        gap = 1.25 * line / box.height
+        pos = _spread(wanted, gap)
+        moved = [abs(t.xyann[1] - p) > 1e-9 for t, p in zip(texts, pos, strict=True)]
+        for t, p in zip(texts, pos, strict=True):
+            t.xyann = (1.03, float(p))
+        if not any(moved):
+            break
+
+
 def gene_ranks(
     merged_df: pd.DataFrame,
     *,
@@ -194,6 +317,7 @@ def gene_ranks(
             for which, sub in (("local", top_local), ("global", top_global))
         )
     top_best = merged_df.nlargest(top_n, "Avg Rank")
+    labels: list[tuple[float, float, str, str]] = []
     segments = _interval_segments(merged_df) if intervals != "none" else None
     if segments is not None:
         _draw_intervals(
@@ -231,27 +355,9 @@ def gene_ranks(
                 label=label,
                 zorder=4,
             )
-        named: set[str] = set()
-        for sub, color in (
-            (top_local, color_local),
-            (top_global, color_global),
-            (top_best, color_best),
-        ):
-            points = zip(sub["Local Rank"], sub["Global Rank"], sub["gene"], strict=True)
-            for gx, gy, name in points:
-                if str(name) in named:
-                    continue
-                named.add(str(name))
-                ax.annotate(
-                    str(name),
-                    (gx, gy),
-                    xytext=(5, 4),
-                    textcoords="offset points",
-                    fontsize=fontsize - 2,
-                    color=color,
-                    zorder=5,
-                )
-
+        labels = _label_rows(
+            (top_local, color_local), (top_global, color_global), (top_best, color_best)
+        )
     lo = float(np.nanmin([x.min(), y.min()]))
     hi = float(np.nanmax([x.max(), y.max()]))
     if segments is not None and intervals == "all":
@@ -283,17 +389,14 @@ def gene_ranks(
     ax.set_xlabel("Local head rank (higher = better R\u00b2)", fontsize=fontsize)
     ax.set_ylabel("Global head rank (higher = better R\u00b2)", fontsize=fontsize)
     if title:
-        ax.set_title(title, fontsize=fontsize + 2, fontweight="bold")
+        # padded so that the title clears the top tick label and the y label's end
+        ax.set_title(title, fontsize=fontsize + 2, fontweight="bold", pad=2 * fontsize)
     ax.tick_params(labelsize=fontsize - 1)
-    ax.legend(
-        fontsize=fontsize - 2,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.1),
-        ncol=3,
-        frameon=False,
-    )
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+    _legend_below_axis(ax, fontsize - 2)
+    if labels:
+        _label_column(ax, labels, fontsize - 2)
 
     if save is None and save_dir is not None:
         save = Path(save_dir) / f"gene_rank_analysis_{post_fix}.png"
