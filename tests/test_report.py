@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import organoids, tiny_config
+from conftest import RADIUS, organoids, tiny_config
 
 from interscale.cli import main
 from interscale.evaluation import (
@@ -304,3 +304,79 @@ def test_missing_outputs_raise_before_writing(trained_files, tmp_path):
     assert not (tmp_path / "never").exists()
     with pytest.raises(FileNotFoundError):
         evaluate_to_folder(tmp_path / "nope.h5ad", ckpt, tmp_path / "never")
+
+
+def test_driven_genes_against_a_floor():
+    """driven_genes(baselines=...) keeps the claims whose head beats the floor;
+    driven_genes_vs_floor names the floor of every claim (independent numpy check)."""
+    from interscale.evaluation import driven_genes_vs_floor, floor_of
+
+    rng = np.random.default_rng(5)
+    n = 30
+    genes = [f"g{i}" for i in range(n)]
+    ranks = pd.DataFrame({"gene": genes, "r2_local": rng.uniform(0.02, 0.5, n)})
+    ranks["r2_global"] = rng.uniform(0.02, 0.5, n)
+    ranks["Rank Difference"] = rng.permutation(np.arange(n) - n / 2 + 0.5)
+    floors = pd.DataFrame(
+        {c: rng.uniform(0, 0.5, n) for c in ("mean", "hop1", "hop3", "sample", "hop3_sample")},
+        index=genes[::-1],
+    )
+    floors.loc["g3", "hop3"] = np.nan
+    assert floor_of(floors.columns, "local") == "hop3"
+    assert floor_of(floors.columns, "global") == "hop3_sample"
+    for head, sign in (("local", 1), ("global", -1)):
+        claimed = driven_genes(ranks, which=head)
+        table = driven_genes_vs_floor(ranks, floors, which=head)
+        assert list(table["gene"]) == claimed
+        own = floor_of(floors.columns, head)
+        assert set(table["floor"]) <= {own}
+        r2 = ranks.set_index("gene")[f"r2_{head}"]
+        floor_r2 = floors[own]
+        expected = [g for g in claimed if r2[g] > floor_r2[g]]  # NaN floor never beaten
+        assert [g for g, b in zip(table["gene"], table["beats_floor"], strict=True) if b] == (
+            expected
+        )
+        assert driven_genes(ranks, which=head, baselines=floors) == expected
+        side = [g for g in genes if sign * ranks.set_index("gene").loc[g, "Rank Difference"] > 0]
+        assert set(claimed) == {g for g in side if r2[g] > 0.01}
+    assert "g3" not in driven_genes(ranks, which="local", baselines=floors, floor="hop3")
+    other = driven_genes(ranks, which="local", baselines=floors, floor="sample")
+    assert other == [g for g in driven_genes(ranks) if r2_of(ranks, g) > floors.loc[g, "sample"]]
+    with pytest.raises(KeyError, match="hop9"):
+        driven_genes(ranks, baselines=floors, floor="hop9")
+    with pytest.raises(KeyError, match="not in baselines"):
+        driven_genes_vs_floor(ranks, floors.drop(index="g0"), which="local")
+    with pytest.raises(TypeError, match="DataFrame"):
+        driven_genes(ranks, baselines=floors.to_numpy())
+    with pytest.raises(KeyError, match="no global floor"):
+        floor_of(["mean", "hop1"], "global")
+
+
+def r2_of(ranks: pd.DataFrame, gene: str) -> float:
+    return float(ranks.set_index("gene").loc[gene, "r2_local"])
+
+
+def test_floor_graph_drops_edges_between_samples(trained_files):
+    """A graph built over the whole data set (as over a section later cut into tiles) keeps
+    only the edges inside each sample unit for the floors."""
+    from types import SimpleNamespace
+
+    import interscale as isc
+    from interscale.evaluation._report_floors import _FLOOR_GRAPH_KEY, _floor_inputs
+
+    _, _, adata = trained_files
+    crossing = adata.copy()
+    # samples laid on top of each other, one graph over all of them
+    xy = np.asarray(crossing.obsm["spatial"], dtype=np.float64)
+    centre = pd.DataFrame(xy).groupby(crossing.obs["sample"].to_numpy()).transform("mean")
+    crossing.obsm["spatial"] = xy - centre.to_numpy()
+    isc.pp.spatial_neighbors(crossing, radius=RADIUS, library_key=None)
+    graph = crossing.obsp["spatial_connectivities"].tocoo()
+    codes = crossing.obs["sample"].cat.codes.to_numpy()
+    between = int((codes[graph.row] != codes[graph.col]).sum())
+    assert between > 0
+    info = _floor_inputs(crossing, SimpleNamespace(cfg=tiny_config()), {"sample_key": ["sample"]})
+    assert info["n_edges_dropped_between_samples"] == between
+    kept = crossing.obsp[_FLOOR_GRAPH_KEY].tocoo()
+    assert kept.nnz == graph.nnz - between
+    assert (codes[kept.row] == codes[kept.col]).all()
