@@ -242,3 +242,59 @@ def test_a_sparse_layer_gives_the_dense_layers_linear_part(organoid_data):
         fits.append(model.module.linear_part.state_dict())
     for key in fits[0]:
         assert torch.equal(fits[0][key], fits[1][key]), key
+
+
+# --------------------------------------------------------------------------- real tissue
+# osmFISH through the own-data path of issue 23 (16 tiles, 50/25/25 split of whole tiles,
+# 10-NN graph, tutorial config), scored on the test tiles. The full run records 1.035-1.038 x
+# the best floor (hop1) for both heads over training seeds 3, 5 and 11
+# (scripts/osmfish_floor.py). What clears the floor is the closed-form part (design and penalty
+# per gene); on these tiles the deep part adds about 1e-4 R^2 on the test tiles, so no claim of
+# it is made here and gradient sabotage (1 epoch, lr 1e-9) does not move the claim below.
+_RECORDED_RATIO = 1.02  # below every recorded ratio, above 1.00 x the best floor
+
+
+@pytest.fixture(scope="module")
+def osmfish_tiles():
+    adata = isc.datasets.osmfish()
+    isc.pp.tile(adata, max_cells=410, library_key="section", key_added="tile")
+    isc.pp.normalize(adata)
+    isc.pp.split_samples(adata, "tile", fractions=(0.5, 0.25, 0.25), seed=0)
+    isc.pp.spatial_neighbors(adata, n_neighs=10, library_key="tile")
+    CombinedModel._setup_anndata(
+        adata, layer_key="log1p_norm", sample_key_list=["tile"], view_registry=False
+    )
+    floors = isc.tl.linear_baselines(
+        adata, library_key="tile", heldout=("test",), key_added=None
+    ).mean()
+    return adata, floors
+
+
+def _test_ratios(model, adata, floors) -> dict[str, float]:
+    r2 = model.gene_r2(adata, cells="test").mean()
+    best = max(floors[n] for n in ("hop1", "hop2", "hop2_sample"))
+    return {h: float(r2[f"r2_{h}"]) / best for h in ("local", "global")}
+
+
+def _claim_holds(ratios: dict[str, float], r2_over_mean: float) -> bool:
+    return min(ratios.values()) >= _RECORDED_RATIO and r2_over_mean > 0.1
+
+
+def test_on_osmfish_test_tiles_both_heads_clear_the_best_ridge_floor(osmfish_tiles):
+    adata, floors = osmfish_tiles
+    cfg = with_overrides(tutorial_config(), {"optim.seed": 3})
+    model = CombinedModel(adata, cfg)
+    model.train(max_epochs=1, progress_bar=False)  # the claim is the closed-form part's
+    ratios = _test_ratios(model, adata, floors)
+    r2 = model.gene_r2(adata, cells="test").mean()
+    assert _claim_holds(ratios, float(r2.min()) - floors["mean"]), ratios
+    # sabotage: the mean predictor (no fitted linear part, no deep part) fails the claim
+    part = model.module.linear_part
+    with torch.no_grad():
+        for head in part.heads:
+            getattr(part, f"{head}_weight").zero_()
+            getattr(part, f"{head}_bias").copy_(part.fill)
+            part.gamma(head).zero_()
+    ratios = _test_ratios(model, adata, floors)
+    r2 = model.gene_r2(adata, cells="test").mean()
+    assert not _claim_holds(ratios, float(r2.min()) - floors["mean"]), ratios
