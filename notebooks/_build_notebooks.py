@@ -565,11 +565,15 @@ ATTENTION = _nb(
     ],
 )
 
+# Notebook 4 (real tissue) lives in its own module; this folder is on sys.path when the script runs.
+from _real_tissue import real_tissue_notebook  # noqa: E402
+
 NOTEBOOKS = {
     "0_setup.ipynb": SETUP,
     "1_model_training.ipynb": TRAINING,
     "2_gene_level_evaluation.ipynb": EVALUATION,
     "3_attention.ipynb": ATTENTION,
+    "4_real_tissue.ipynb": real_tissue_notebook(COMMON_IMPORTS),
 }
 
 
