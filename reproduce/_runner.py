@@ -208,13 +208,15 @@ def run_profile(
     notebooks: str | os.PathLike[str] | None = None,
     profiles: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    only: str | None = None,
 ) -> dict[str, Any]:
     """Execute every ``<digit>*.ipynb`` notebook of a folder in order with papermill.
 
     Parameters
     ----------
     profile
-        Name of the parameters file ``<profiles>/<profile>.yaml``.
+        Name of the parameters file ``<profiles>/<profile>.yaml``. Each notebook receives the
+        parameters of that file that its ``parameters`` cell declares.
     out
         Build folder (default ``reproduce/_build/<profile>``): executed notebooks and HTML,
         ``data/`` (the notebooks' ``data_dir``) and ``metrics/`` (their ``out_dir``).
@@ -227,6 +229,10 @@ def run_profile(
     cwd
         Working directory of the notebooks (default: the repository root, so the paths in the
         profiles are relative to it).
+    only
+        Run only the notebooks whose number is ``only`` (e.g. ``"4"`` for
+        ``4_real_tissue.ipynb``); the metrics of the other notebooks in the build folder are
+        kept. None runs every notebook.
 
     Returns
     -------
@@ -238,7 +244,10 @@ def run_profile(
     Raises
     ------
     FileNotFoundError
-        The profile file or the notebook folder does not exist, or it holds no notebook.
+        The profile file or the notebook folder does not exist, or it holds no notebook (or
+        none numbered ``only``).
+    ValueError
+        The profile sets a parameter that no notebook's ``parameters`` cell declares.
     """
     import papermill as pm
 
@@ -248,9 +257,18 @@ def run_profile(
     if not prof_path.is_file():
         raise FileNotFoundError(f"profile file not found: {prof_path}")
     paths = sorted(p for p in nb_dir.glob("*.ipynb") if p.name[:1].isdigit())
+    # Each notebook gets the profile's parameters its parameters cell declares; a profile
+    # parameter that no notebook declares is a typo and stops the run before anything executes.
+    declared = {p: set(pm.inspect_notebook(str(p))) for p in paths}
+    if only is not None:
+        paths = [p for p in paths if _number(p) == str(only)]
     if not paths:
-        raise FileNotFoundError(f"no notebooks (<digit>*.ipynb) in {nb_dir}")
+        which = "" if only is None else f" numbered {only}"
+        raise FileNotFoundError(f"no notebooks (<digit>*.ipynb{which}) in {nb_dir}")
     params = yaml.safe_load(prof_path.read_text()) or {}
+    unknown = sorted(set(params) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(f"{prof_path}: no notebook declares the parameter(s) {unknown}")
     out = Path(out or _HERE / "_build" / profile).resolve()
     out.mkdir(parents=True, exist_ok=True)
     params.update(
@@ -259,8 +277,10 @@ def run_profile(
         device=device,
     )
     metrics_dir = out / "metrics"
+    numbers = {_number(p) for p in paths}
     for stale in metrics_dir.glob("metrics_*.json"):
-        stale.unlink()
+        if only is None or stale.stem.split("_", 1)[1] in numbers:
+            stale.unlink()
     result: dict[str, Any] = {"failed": None, "error": None, "seconds": {}, "out": str(out)}
     for path in paths:
         target = out / path.name
@@ -270,7 +290,7 @@ def run_profile(
             pm.execute_notebook(
                 str(path),
                 str(target),
-                parameters=params,
+                parameters={k: v for k, v in params.items() if k in declared[path]},
                 kernel_name="python3",
                 cwd=str(cwd),
                 progress_bar=False,
@@ -292,6 +312,11 @@ def run_profile(
     result["metrics"] = _gather_metrics(metrics_dir)
     _write_text_atomic(json.dumps(result, indent=2, sort_keys=True), out / "metrics.json")
     return result
+
+
+def _number(notebook: Path) -> str:
+    """The number of a notebook (``"4"`` for ``4_real_tissue.ipynb``): its metrics' prefix."""
+    return notebook.name.split("_", 1)[0]
 
 
 def _embedding_hashes(h5ad: Path) -> dict[str, str]:
@@ -321,6 +346,10 @@ def _parser() -> argparse.ArgumentParser:
         "--expected", help="expected metrics (default reproduce/expected/<profile>.json)"
     )
     p.add_argument("--cwd", help="notebooks' working directory (default: the repository root)")
+    p.add_argument(
+        "--only",
+        help="run only the notebook with this number (e.g. 4) and check only its metrics",
+    )
     return p
 
 
@@ -333,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"reproduce: error: {exc}", file=sys.stderr)
         return 1
+    if args.only is not None:
+        expected = {k: v for k, v in expected.items() if k.split(".", 1)[0] == args.only}
     out = Path(args.out or _HERE / "_build" / args.profile)
     runs = [out / "run1", out / "run2"] if args.check_determinism else [out]
     results = []
@@ -344,12 +375,16 @@ def main(argv: list[str] | None = None) -> int:
             notebooks=args.notebooks,
             profiles=args.profiles,
             cwd=args.cwd,
+            only=args.only,
         )
         results.append(res)
         if res["failed"]:
             break
     res = results[0]
-    rows = compare(res["metrics"], expected)
+    metrics = res["metrics"]
+    if args.only is not None:
+        metrics = {k: v for k, v in metrics.items() if k.split(".", 1)[0] == args.only}
+    rows = compare(metrics, expected)
     print()
     print(format_table(rows))
     total = sum(res["seconds"].values())

@@ -145,3 +145,65 @@ def test_shipped_expected_files_are_valid():
         specs = load_expected(ROOT / "reproduce" / "expected" / f"{name}.json")
         assert specs
         assert all(isinstance(s.get("reason"), str) and s["reason"] for s in specs.values())
+
+
+def _run_args(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reproduce",
+            "--profile",
+            "tiny",
+            "--notebooks",
+            str(tmp_path / "nbs"),
+        ]
+        + ["--profiles", str(tmp_path / "profiles"), "--expected", str(tmp_path / "expected.json")]
+        + ["--out", str(tmp_path / "build"), "--cwd", str(tmp_path), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_only_runs_one_notebook_and_checks_its_metrics(tmp_path):
+    """--only N executes notebook N alone, keeps the other notebooks' metrics and checks only
+    the N.* bands."""
+    (tmp_path / "nbs").mkdir()
+    (tmp_path / "profiles").mkdir()
+    _write_nb(tmp_path / "nbs" / "0_tiny.ipynb", _WRITE_METRICS)
+    second = _WRITE_METRICS.replace("metrics_0", "metrics_1")
+    _write_nb(tmp_path / "nbs" / "1_other.ipynb", second)
+    (tmp_path / "profiles" / "tiny.yaml").write_text("value: 2.5\n")
+    metrics = tmp_path / "build" / "metrics"
+    metrics.mkdir(parents=True)
+    (metrics / "metrics_0.json").write_text(json.dumps({"value": 9.0}))
+    (metrics / "metrics_1.json").write_text(json.dumps({"value": 9.0}))
+    (tmp_path / "expected.json").write_text(
+        json.dumps(
+            {
+                "0.value": {"value": 100.0, "reason": "notebook 0 is not run: never checked"},
+                "1.value": {"value": 2.5, "reason": "the profile's parameter reaches notebook 1"},
+            }
+        )
+    )
+    proc = _run_args(tmp_path, "--only", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (tmp_path / "build" / "0_tiny.ipynb").exists()
+    assert json.loads((metrics / "metrics_0.json").read_text()) == {"value": 9.0}
+    assert json.loads((metrics / "metrics_1.json").read_text())["value"] == 2.5
+    assert "0.value" not in proc.stdout
+    proc = _run_args(tmp_path, "--only", "7")
+    assert proc.returncode != 0 and "numbered 7" in proc.stderr
+
+
+def test_a_parameter_no_notebook_declares_stops_the_run(tmp_path):
+    (tmp_path / "nbs").mkdir()
+    (tmp_path / "profiles").mkdir()
+    _write_nb(tmp_path / "nbs" / "0_tiny.ipynb", _WRITE_METRICS)
+    (tmp_path / "profiles" / "tiny.yaml").write_text("value: 2.5\nvalu: 3\n")
+    (tmp_path / "expected.json").write_text("{}")
+    proc = _run_args(tmp_path)
+    assert proc.returncode != 0
+    assert "['valu']" in proc.stderr and not (tmp_path / "build" / "0_tiny.ipynb").exists()
