@@ -24,7 +24,7 @@ API (floor 0: numpy, scipy and ``interscale._anndata``)
 ``RidgePath(stats, cols=None, scale=None)``
     ``.coef(alpha) -> (weights, intercept)``, ``.predict(f, alpha)``,
     ``.sse(other, alphas) -> (len(alphas), n_targets)``.
-``standard_scale(mean, cov) -> 1 / sd``
+``standard_scale(mean, cov) -> 1 / sd``, ``inverse_sd(mean, var) -> 1 / sd``
 ``group_folds(groups, max_folds=5) -> fold of each row``
 ``cv_r2(folds, alphas, cols=None, scale=None) -> mean R^2 per alpha``
 ``select_alpha(folds, alphas, cols=None, scale=None) -> (alpha, scores)``
@@ -41,10 +41,18 @@ import scipy.sparse as sp
 
 from interscale._anndata import CONSTANT_RTOL
 
-#: A standardisation rule: ``(mean, cov)`` of the raw design columns over the fitted cells ->
-#: either a vector ``t`` (standardised features ``(f - mean) * t``) or a ``(p, q)`` matrix ``T``
-#: (standardised features ``(f - mean) @ T``).
-Scale = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: Variance, relative to the mean square about the shift of everything added to or subtracted
+#: from the sums, that their rounding alone can produce: a feature at or below it is constant.
+#: (A gene absent from all cells but one fold's is exactly constant in the other folds, but
+#: ``total - fold`` leaves ~1e-16 of the total's sums: standardised, that noise became a
+#: feature of unit variance and wrecked the cross-validation.)
+ROUNDING_RTOL = 1e-11
+
+#: A standardisation rule: ``(mean, cov, noise_var)`` of the raw design columns over the fitted
+#: rows (``noise_var``: per-column variance that rounding alone can produce) -> either a vector
+#: ``t`` (standardised features ``(f - mean) * t``) or a ``(p, q)`` matrix ``T`` (standardised
+#: features ``(f - mean) @ T``).
+Scale = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class RidgeStats:
@@ -77,6 +85,9 @@ class RidgeStats:
         ``(p, g)`` cross products of shifted features and targets.
     yy : numpy.ndarray
         Per-target sums of squares of the shifted targets.
+    f_round : numpy.ndarray
+        Per-feature sum of squares of the shifted features over every row added *or
+        subtracted*: the scale of the rounding error of ``ff``'s diagonal.
     """
 
     def __init__(
@@ -99,6 +110,7 @@ class RidgeStats:
         self.ff = np.zeros((n_features, n_features))
         self.fy = np.zeros((n_features, n_targets))
         self.yy = np.zeros(n_targets)
+        self.f_round = np.zeros(n_features)
 
     @property
     def n_features(self) -> int:
@@ -137,6 +149,7 @@ class RidgeStats:
         self.ff += f.T @ f
         self.fy += f.T @ y
         self.yy += np.einsum("ij,ij->j", y, y)
+        self.f_round += np.einsum("ij,ij->j", f, f)
 
     def _combine(self, other: RidgeStats, sign: float) -> RidgeStats:
         if not (
@@ -147,6 +160,7 @@ class RidgeStats:
         out = RidgeStats(self.n_features, self.n_targets, self.f_shift, self.y_shift)
         for name in ("n", "f_sum", "y_sum", "ff", "fy", "yy"):
             setattr(out, name, getattr(self, name) + sign * getattr(other, name))
+        out.f_round = self.f_round + other.f_round  # rounding errors add whatever the sign
         return out
 
     def __add__(self, other: RidgeStats) -> RidgeStats:
@@ -186,12 +200,14 @@ class RidgeStats:
         return np.clip(self.yy - self.y_sum**2 / self.n, 0.0, None)
 
 
-def standard_scale(mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+def standard_scale(
+    mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray | None = None
+) -> np.ndarray:
     """Inverse standard deviations of ``StandardScaler``, 1 for constant features.
 
     A feature counts as constant when its sd is below ``1e-12 * max(1, largest sd)`` or below
-    ``CONSTANT_RTOL * |mean|`` (rounding of the sums of a constant column): it then stays a
-    column of centred zeros and receives no weight.
+    ``CONSTANT_RTOL * |mean|``, or its variance is at most ``noise_var`` (what rounding of the
+    sums can produce): it then stays a column of centred zeros and receives no weight.
 
     Parameters
     ----------
@@ -199,15 +215,43 @@ def standard_scale(mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
         Raw feature means over the fitted rows, length ``p``.
     cov
         ``(p, p)`` population covariance over the fitted rows (only its diagonal is read).
+    noise_var
+        Per-feature variance of rounding (default: none).
 
     Returns
     -------
     numpy.ndarray
         Length ``p``: ``1 / sd``, or 1 for a constant feature.
     """
-    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    return inverse_sd(mean, np.diag(cov), noise_var)
+
+
+def inverse_sd(
+    mean: np.ndarray, var: np.ndarray, noise_var: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`standard_scale` from the variances alone (no ``p x p`` matrix needed).
+
+    Parameters
+    ----------
+    mean
+        Raw feature means, length ``p``.
+    var
+        Population variances, length ``p`` (rounding below zero is clipped).
+    noise_var
+        Per-feature variance of rounding (default: none).
+
+    Returns
+    -------
+    numpy.ndarray
+        Length ``p``: ``1 / sd``, or 1 for a constant feature.
+    """
+    var = np.clip(np.asarray(var, dtype=np.float64), 0.0, None)
+    sd = np.sqrt(var)
     level = np.maximum(1e-12 * max(1.0, float(sd.max(initial=0.0))), CONSTANT_RTOL * np.abs(mean))
-    return 1.0 / np.where(sd > level, sd, 1.0)
+    keep = sd > level
+    if noise_var is not None:
+        keep &= var > noise_var
+    return 1.0 / np.where(keep, sd, 1.0)
 
 
 class RidgePath:
@@ -249,7 +293,8 @@ class RidgePath:
         self._y_bar = stats.y_sum / n
         gram = stats.ff[np.ix_(cols, cols)] - n * np.outer(self._mu, self._mu)
         cross = stats.fy[cols] - n * np.outer(self._mu, self._y_bar)
-        transform = (scale or standard_scale)(self._mu + stats.f_shift[cols], gram / n)
+        noise = ROUNDING_RTOL * stats.f_round[cols] / n
+        transform = (scale or standard_scale)(self._mu + stats.f_shift[cols], gram / n, noise)
         transform = np.asarray(transform, dtype=np.float64)
         if transform.ndim == 1:
             lhs = gram * np.outer(transform, transform)
@@ -258,7 +303,7 @@ class RidgePath:
             lhs = transform.T @ gram @ transform
             rhs = transform.T @ cross
         lhs = 0.5 * (lhs + lhs.T)
-        lam, vecs = scipy.linalg.eigh(lhs, check_finite=False)
+        lam, vecs = scipy.linalg.eigh(lhs, driver="evd", check_finite=False)
         self.eigenvalues = np.clip(lam, 0.0, None)
         # Raw-unit weights are embed @ coords(alpha): one product per alpha, whatever T is.
         self._embed = (

@@ -56,7 +56,7 @@ def test_column_subset_and_matrix_scale_equal_the_vector_rule():
     cols = np.array([7, 2, 5])
     model = make_pipeline(StandardScaler(), Ridge(alpha=2.0)).fit(f[:, cols], y)
     by_vector = RidgePath(s, cols)
-    by_matrix = RidgePath(s, cols, scale=lambda m, c: np.diag(standard_scale(m, c)))
+    by_matrix = RidgePath(s, cols, scale=lambda m, c, e: np.diag(standard_scale(m, c, e)))
     for path in (by_vector, by_matrix):
         np.testing.assert_allclose(path.predict(f, 2.0), model.predict(f[:, cols]), atol=1e-9)
 
@@ -68,7 +68,7 @@ def test_an_orthogonal_rotation_inside_scale_changes_nothing():
     rot, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))
     s = stats_of(f, y)
     plain = RidgePath(s).predict(f, 0.5)
-    rotated = RidgePath(s, scale=lambda m, c: standard_scale(m, c)[:, None] * rot)
+    rotated = RidgePath(s, scale=lambda m, c, e: standard_scale(m, c, e)[:, None] * rot)
     np.testing.assert_allclose(rotated.predict(f, 0.5), plain, rtol=1e-9, atol=1e-9)
 
 

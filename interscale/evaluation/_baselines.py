@@ -17,7 +17,9 @@ import scipy.linalg
 import scipy.sparse as sp
 from anndata import AnnData
 
-from interscale._anndata import CONSTANT_RTOL, check_not_view, obs_column_codes
+from interscale._anndata import check_not_view, obs_column_codes
+from interscale._ridge import RidgePath, RidgeStats, group_folds, inverse_sd
+from interscale._ridge import cv_r2 as ridge_cv_r2
 from interscale.evaluation._utils import _get_matrix, _Moments
 from interscale.names import Key
 
@@ -32,122 +34,136 @@ _ALPHA_GRID = tuple(10.0 ** np.arange(-6, 1))
 # unpenalised ridge turns that into a copy of the target on the training cells, which is
 # why the penalty is chosen on whole held-out training samples, never on cells.
 _MAX_FOLDS = 5
-
-
-class _Stats:
-    """Sufficient statistics of a ridge with intercept: sums, Gram and cross products.
-
-    The sums are of the features minus ``f_shift`` and the targets minus ``y_shift`` (values
-    near their means): ``Gram - n * mu mu^T`` of raw values loses all precision on a feature
-    whose sd is tiny next to its mean (a constant gene's averages then looked non-constant
-    and broke the Cholesky factorisation).
-    """
-
-    def __init__(self, n_feat: int, n_vars: int, f_shift: np.ndarray, y_shift: np.ndarray) -> None:
-        self.f_shift = f_shift
-        self.y_shift = y_shift
-        self.n = 0.0
-        self.f_sum = np.zeros(n_feat)
-        self.y_sum = np.zeros(n_vars)
-        self.ff = np.zeros((n_feat, n_feat))
-        self.fy = np.zeros((n_feat, n_vars))
-        self.yy = np.zeros(n_vars)
-
-    def add(self, f: np.ndarray, y: np.ndarray) -> None:
-        f = f - self.f_shift
-        y = y - self.y_shift
-        self.n += f.shape[0]
-        self.f_sum += f.sum(axis=0)
-        self.y_sum += y.sum(axis=0)
-        self.ff += f.T @ f
-        self.fy += f.T @ y
-        self.yy += (y * y).sum(axis=0)
-
-    @classmethod
-    def combine(cls, parts: list[_Stats], signs: list[float]) -> _Stats:
-        first = parts[0]
-        out = cls(first.f_sum.size, first.y_sum.size, first.f_shift, first.y_shift)
-        for part, sign in zip(parts, signs, strict=True):
-            for name in ("n", "f_sum", "y_sum", "ff", "fy", "yy"):
-                setattr(out, name, getattr(out, name) + sign * getattr(part, name))
-        return out
-
-    def fit(self, cols: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """Ridge weights (in the original feature units) and intercepts of all genes.
-
-        The penalty ``alpha * ||w||^2`` applies to the features standardised by their sd over
-        these cells; the intercept is not penalised. The intercepts are those of the shifted
-        features and targets (see :meth:`predict`).
-        """
-        n = self.n
-        mu = self.f_sum[cols] / n
-        y_bar = self.y_sum / n
-        gram = self.ff[np.ix_(cols, cols)] - n * np.outer(mu, mu)
-        cross = self.fy[cols] - n * np.outer(mu, y_bar)
-        sd = np.sqrt(np.clip(np.diag(gram), 0.0, None) / n)
-        # Constant (to rounding) features: sd 1, so they stay centred zeros, as in StandardScaler.
-        level = np.maximum(
-            1e-12 * max(1.0, float(sd.max(initial=0.0))),
-            CONSTANT_RTOL * np.abs(mu + self.f_shift[cols]),
-        )
-        sd = np.where(sd > level, sd, 1.0)
-        lhs = gram / np.outer(sd, sd)
-        lhs[np.diag_indices_from(lhs)] += alpha
-        factor = scipy.linalg.cho_factor(lhs, lower=True, check_finite=False)
-        weights = scipy.linalg.cho_solve(factor, cross / sd[:, None], check_finite=False)
-        weights /= sd[:, None]
-        return weights, y_bar - mu @ weights
-
-    def predict(
-        self, f: np.ndarray, cols: np.ndarray, weights: np.ndarray, intercept: np.ndarray
-    ) -> np.ndarray:
-        """Predictions for raw features ``f`` (all columns) of a fit on these statistics."""
-        return (f[:, cols] - self.f_shift[cols]) @ weights + (intercept + self.y_shift)
-
-    def sse(self, cols: np.ndarray, weights: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-        """Per-gene sum of squared errors of ``f[:, cols] @ weights + intercept`` on these cells."""
-        fw = (self.ff[np.ix_(cols, cols)] @ weights * weights).sum(axis=0)
-        fy = (self.fy[cols] * weights).sum(axis=0)
-        fs = self.f_sum[cols] @ weights
-        return (
-            self.yy
-            - 2.0 * intercept * self.y_sum
-            - 2.0 * fy
-            + self.n * intercept**2
-            + 2.0 * intercept * fs
-            + fw
-        )
-
-    def sst(self) -> np.ndarray:
-        return self.yy - self.y_sum**2 / self.n
+# n_components="auto": the genes themselves up to this many, else this many components.
+_AUTO_MAX_GENES = 256
+_AUTO_COMPONENTS = 256
+# Principal axes from the exact covariance up to this many genes, else randomized.
+_EXACT_PCA_MAX_GENES = 1024
+_PCA_OVERSAMPLE = 10
+_PCA_POWER_ITERATIONS = 2
 
 
 def _folds(train_codes: np.ndarray, cross_validate: bool) -> np.ndarray:
     """Fold of every training cell: whole samples, assigned in turn by sorted sample code."""
-    samples = np.unique(train_codes)
     if not cross_validate:
         return np.zeros(train_codes.size, dtype=np.int64)
-    if samples.size < 2:
+    n_samples = np.unique(train_codes).size
+    if n_samples < 2:
         raise ValueError(
             "linear_baselines: choosing alpha by cross-validation needs at least 2 training "
-            f"samples, found {samples.size}; pass a fixed alpha=<float> instead"
+            f"samples, found {n_samples}; pass a fixed alpha=<float> instead"
         )
-    n_folds = min(_MAX_FOLDS, samples.size)
-    fold_of_sample = np.arange(samples.size) % n_folds
-    return fold_of_sample[np.searchsorted(samples, train_codes)]
+    return group_folds(train_codes, _MAX_FOLDS)
 
 
-def _cv_score(folds: list[_Stats], total: _Stats, cols: np.ndarray, alpha: float) -> float:
-    """Mean over genes of the R^2 pooled over folds, each fold predicted by the others."""
-    sse = np.zeros(total.y_sum.size)
-    sst = np.zeros(total.y_sum.size)
-    for fold in folds:
-        rest = _Stats.combine([total, fold], [1.0, -1.0])
-        weights, intercept = rest.fit(cols, alpha)
-        sse += fold.sse(cols, weights, intercept)
-        sst += fold.sst()
-    ok = sst > 1e-12 * max(1.0, float(sst.max(initial=0.0)))
-    return float(np.mean(1.0 - sse[ok] / sst[ok])) if ok.any() else float("nan")
+def _check_components(n_components: Any, n_vars: int) -> int | None:
+    """Number of principal components to average, or None for the genes themselves."""
+    if isinstance(n_components, str):
+        if n_components != "auto":
+            raise ValueError(
+                f"linear_baselines: n_components must be 'auto', None or an int >= 1, got "
+                f"{n_components!r}"
+            )
+        return None if n_vars <= _AUTO_MAX_GENES else _AUTO_COMPONENTS
+    if n_components is None:
+        return None
+    if isinstance(n_components, bool) or not isinstance(n_components, int | np.integer):
+        raise TypeError(
+            f"linear_baselines: n_components must be 'auto', None or an int, got {n_components!r}"
+        )
+    if n_components < 1:
+        raise ValueError(f"linear_baselines: n_components must be >= 1, got {n_components}")
+    # As many components as genes span the same space: the exact path gives the same ridge.
+    return None if n_components >= n_vars else int(n_components)
+
+
+def _dense_rows(x: Any, idx: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return _dense(x[idx]) - shift
+
+
+def _principal_axes(
+    x: Any, rows: np.ndarray, mean: np.ndarray, r: int, seed: int
+) -> tuple[np.ndarray, float, str]:
+    """Top-``r`` principal axes ``(n_vars, r)`` of ``x[rows]``, the variance share they hold,
+    and the method (exact eigendecomposition of the covariance, or randomized range finder).
+
+    The randomized finder (Halko, Martinsson & Tropp 2011: oversampling 10, 2 power
+    iterations, re-orthonormalised by QR) reads the rows in dense chunks and never forms the
+    ``n_vars x n_vars`` covariance; its test matrix comes from ``seed``.
+    """
+    n_vars = mean.size
+    total_var = 0.0
+    if n_vars <= _EXACT_PCA_MAX_GENES:
+        cov = np.zeros((n_vars, n_vars))
+        for idx in _chunks(rows, n_vars):
+            xc = _dense_rows(x, idx, mean)
+            cov += xc.T @ xc
+        lam, vecs = scipy.linalg.eigh(cov, driver="evd", check_finite=False)
+        lam = np.clip(lam[::-1], 0.0, None)
+        total = float(lam.sum())
+        share = float(lam[:r].sum() / total) if total > 0 else 1.0
+        return np.ascontiguousarray(vecs[:, ::-1][:, :r]), share, "exact"
+
+    k = min(n_vars, r + _PCA_OVERSAMPLE)
+    omega = np.random.default_rng(seed).standard_normal((n_vars, k))
+
+    def times(basis: np.ndarray) -> np.ndarray:  # X_c @ basis, (n_rows, k)
+        out = np.empty((rows.size, basis.shape[1]))
+        start = 0
+        for idx in _chunks(rows, n_vars):
+            out[start : start + idx.size] = _dense_rows(x, idx, mean) @ basis
+            start += idx.size
+        return out
+
+    def t_times(left: np.ndarray) -> tuple[np.ndarray, float]:  # X_c^T @ left, and ||X_c||^2
+        out = np.zeros((n_vars, left.shape[1]))
+        sq = 0.0
+        start = 0
+        for idx in _chunks(rows, n_vars):
+            xc = _dense_rows(x, idx, mean)
+            out += xc.T @ left[start : start + idx.size]
+            sq += float(np.einsum("ij,ij->", xc, xc))
+            start += idx.size
+        return out, sq
+
+    q, _ = np.linalg.qr(times(omega))
+    for _ in range(_PCA_POWER_ITERATIONS):
+        w, total_var = t_times(q)
+        w, _ = np.linalg.qr(w)
+        q, _ = np.linalg.qr(times(w))
+    bt, total_var = t_times(q)  # B^T = X_c^T Q: its left singular vectors are X_c's axes
+    u, sv, _ = np.linalg.svd(bt, full_matrices=False)
+    share = float((sv[:r] ** 2).sum() / total_var) if total_var > 0 else 1.0
+    return np.ascontiguousarray(u[:, :r]), min(share, 1.0), "randomized"
+
+
+class _ComponentScale:
+    """Standardisation that makes a ridge on averaged components one on averaged genes.
+
+    With ``z = (x - m) @ V`` (``V`` orthonormal, ``(n_vars, r)``) and a block of averages of
+    ``z``, the gene averages it stands for are ``m + z_avg @ V^T``, with per-gene sd ``d``
+    (computed from the block's covariance ``C`` as ``diag(V C V^T)``, constant genes 1 as in
+    StandardScaler). The ridge on the standardised gene averages ``z_avg V^T D^-1`` equals
+    the ridge on ``z_avg @ L`` with ``L L^T = V^T D^-2 V``; ``L = R^T`` from the QR
+    factorisation ``D^-1 V = Q R``. When ``V`` spans every centred row of the layer, this is
+    exactly the ridge on the gene averages; otherwise it is the ridge on their projection.
+    """
+
+    def __init__(self, basis: np.ndarray, layer_mean: np.ndarray) -> None:
+        self.basis = basis
+        self.layer_mean = layer_mean
+
+    def __call__(self, mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
+        r = self.basis.shape[1]
+        out = np.zeros_like(cov)
+        for b in range(mean.size // r):  # the blocks of a design: at most hops + 1
+            sl = slice(b * r, (b + 1) * r)
+            var = np.einsum("gi,ij,gj->g", self.basis, cov[sl, sl], self.basis, optimize=True)
+            # a gene's rounding: at most that of its components, added in sd (Cauchy-Schwarz)
+            noise = (np.abs(self.basis) @ np.sqrt(noise_var[sl])) ** 2
+            t = inverse_sd(self.layer_mean + self.basis @ mean[sl], var, noise)
+            out[sl, sl] = np.linalg.qr(self.basis * t[:, None], mode="r").T
+        return out
 
 
 def _check_alpha(alpha: Any) -> list[float] | None:
@@ -212,10 +228,14 @@ def _row_mean_operator(reach: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]
 
 
 class _Features:
-    """Feature blocks of chosen rows: k-hop neighbourhood means, leave-one-out sample mean."""
+    """Feature blocks of chosen rows: k-hop neighbourhood means, leave-one-out sample mean.
 
-    def __init__(self, x: Any, operators, codes: np.ndarray, fill: np.ndarray) -> None:
-        self.x = x
+    ``source`` is what is averaged: the layer itself, or its principal-component scores
+    (averages of components are components of averages, every operator being linear).
+    """
+
+    def __init__(self, source: Any, operators, codes: np.ndarray, fill: np.ndarray) -> None:
+        self.source = source
         self.operators = operators  # list of (row-mean operator, empty-row mask)
         self.codes = codes
         self.fill = fill  # what a cell with an empty neighbourhood / a lone sample gets
@@ -223,26 +243,27 @@ class _Features:
         indicator = sp.csr_matrix(
             (np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_groups, codes.size)
         )
-        self.group_sum = _dense(indicator @ x)
+        self.group_sum = _dense(indicator @ source)
         self.group_size = np.bincount(codes, minlength=n_groups).astype(np.float64)
         self.n_blocks = len(operators) + 1
+        self.width = source.shape[1]
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features, targets) of rows ``idx``: ``n_blocks`` blocks of ``n_vars`` columns."""
-        x_rows = _dense(self.x[idx])
+        """(features, ``source`` rows) of rows ``idx``: ``n_blocks`` blocks of ``width``."""
+        own = _dense(self.source[idx])
         blocks = []
         for op, empty in self.operators:
-            mean = _dense(op[idx] @ self.x)
+            mean = _dense(op[idx] @ self.source)
             lonely = empty[idx]
             if lonely.any():
                 mean[lonely] = self.fill
             blocks.append(mean)
         code = self.codes[idx]
         others = self.group_size[code] - 1.0
-        loo = (self.group_sum[code] - x_rows) / np.where(others > 0, others, 1.0)[:, None]
+        loo = (self.group_sum[code] - own) / np.where(others > 0, others, 1.0)[:, None]
         loo[others == 0] = self.fill
         blocks.append(loo)
-        return np.hstack(blocks), x_rows
+        return np.hstack(blocks), own
 
 
 def _dense(x: Any) -> np.ndarray:
@@ -309,7 +330,9 @@ def linear_baselines(
     connectivity_key: str = Key.obsp.spatial_connectivities(),
     *,
     train: str = "train",
-    heldout: Sequence[str] = ("val", "test"),
+    heldout: Sequence[str] = ("test",),
+    n_components: int | str | None = "auto",
+    seed: int = 0,
     key_added: str | None = "linear_baselines",
 ) -> pd.DataFrame:
     """Held-out R^2 of ridge regressions on neighbourhood and sample averages, per gene.
@@ -326,12 +349,29 @@ def linear_baselines(
     - ``hop{K}_sample`` (``K = max(hops)``): the features of ``hop{K}`` and ``sample``.
 
     The regressions are ridge with an intercept, fitted on the cells whose ``split_key`` is
-    ``train`` with one Cholesky solve per baseline for all genes at once (the normal equations
-    are accumulated over row chunks, so memory stays at a few feature chunks plus the Gram
-    matrix), and scored on the ``heldout`` cells with the per-gene R^2 of
+    ``train`` and scored on the ``heldout`` cells with the per-gene R^2 of
     :func:`interscale.evaluation.calculate_gene_ranks` (against the held-out mean). A cell
     without neighbours at some hop count, or alone in its sample, gets the training mean
     expression as that average.
+
+    The fit never forms a design matrix of all cells: the sufficient statistics (Gram matrix
+    and cross products) are accumulated over row chunks, and one eigendecomposition of the
+    standardised Gram matrix per baseline and cross-validation fold gives the ridge for every
+    alpha of the grid (:mod:`interscale._ridge`). It is finite however many features there
+    are per training cell (a singular Gram matrix is fine: every alpha is > 0).
+
+    **Large panels.** With ``n_vars`` genes a design has up to ``(len(hops) + 1) * n_vars``
+    features; at 5,000 genes that is a 15,000-wide Gram matrix (1.8 GB) and an
+    eigendecomposition of many minutes. Above ``n_components`` genes the averages are
+    therefore summarised: the top-``r`` principal axes ``V`` of the layer are fitted on the
+    training cells (centred at the training mean ``m``), every cell's scores ``(x - m) @ V``
+    are averaged instead of its genes, and the ridge is the one on the standardised *gene*
+    averages restricted to that subspace (their sd and the penalty are those of the genes,
+    ``m + avg @ V^T``). Averaging is linear, so averages of components are components of
+    averages: when ``V`` spans the layer (``r`` at least its rank) the result equals the
+    exact one; otherwise it is the ridge on the averages' projection onto the top ``r``
+    components, whose share of the training variance is recorded. The targets are always all
+    genes.
 
     Parameters
     ----------
@@ -360,11 +400,26 @@ def linear_baselines(
     train
         Split value of the cells the ridges are fitted on.
     heldout
-        Split values of the cells they are scored on.
+        Split values of the cells they are scored on. The default, ``("test",)``, scores only
+        cells that neither training nor early stopping saw (a model's validation samples
+        choose its best epoch, so they are not held out from it).
+    n_components
+        What is averaged. ``"auto"`` (default): the genes themselves up to 256 genes, else
+        the top 256 principal components of the layer. 256 genes give designs of at most
+        768 features at ``hops=(1, 2)``, an eigendecomposition of about a second per fold;
+        256 components keep that cost at any panel size, and keep what a 256-gene panel
+        would. An int ``r``: ``r`` components (the genes when ``r >= n_vars``, the same
+        ridge); ``None``: always the genes (exact, but cubic in the number of genes).
+        Components are computed exactly from the covariance up to 1,024 genes, above by a
+        randomized range finder.
+    seed
+        Seed of the randomized range finder (used only above 1,024 genes with components).
     key_added
         Where the table is stored: ``adata.varm[key_added]`` (a DataFrame, one column per
-        baseline) and ``adata.uns[key_added]`` (the parameters and cell counts). ``None``
-        stores nothing. Nothing is written when the call fails.
+        baseline) and ``adata.uns[key_added]`` (the parameters, cell counts, chosen alphas
+        and, under ``"features"``, what was averaged: ``"genes"`` or ``"components"``,
+        ``"n_components"`` and ``"explained_variance"``). ``None`` stores nothing. Nothing
+        is written when the call fails.
 
     Returns
     -------
@@ -378,11 +433,12 @@ def linear_baselines(
         The layer, a column of ``adata.obs`` or the graph is missing.
     ValueError
         Too few training or held-out cells, graph edges between samples, non-finite values
-        in the layer, a bad ``hops`` / ``alpha``, or (when choosing alpha) fewer than 2
-        training samples or no gene varying within them.
+        in the layer, a bad ``hops`` / ``alpha`` / ``n_components``, or (when choosing
+        alpha) fewer than 2 training samples or no gene varying within them.
     TypeError
-        ``hops`` or ``alpha`` has the wrong type, or ``adata`` is a view of another AnnData
-        and ``key_added`` is set (as every function that writes into an AnnData does).
+        ``hops``, ``alpha``, ``n_components`` or ``seed`` has the wrong type, or ``adata``
+        is a view of another AnnData and ``key_added`` is set (as every function that
+        writes into an AnnData does).
     """
     what = "linear_baselines"
     if key_added is not None:
@@ -392,6 +448,9 @@ def linear_baselines(
             raise TypeError(f"{exc}, or key_added=None to only return the table") from None
     hop_list = _check_hops(hops)
     grid = _check_alpha(alpha)
+    r = _check_components(n_components, adata.n_vars)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"{what}: seed must be an int, got {seed!r}")
     if isinstance(heldout, str):
         heldout = (heldout,)
     x = _get_matrix(adata, layer_key, what=what)
@@ -407,23 +466,41 @@ def linear_baselines(
     fill = _dense(x[train_idx].mean(axis=0)).ravel()
     reach = _reachability(adjacency, max(hop_list))
     operators = [_row_mean_operator(reach[h - 1]) for h in hop_list]
-    features = _Features(x, operators, codes, fill)
-    n_feat = features.n_blocks * n_vars
+    scale = None  # StandardScaler on the gene averages
+    if r is None:
+        features = _Features(x, operators, codes, fill)
+        f_fill, share, method = fill, 1.0, None
+    else:
+        basis, share, method = _principal_axes(x, train_idx, fill, r, int(seed))
+        scores = np.empty((adata.n_obs, r))
+        all_rows = np.arange(adata.n_obs)
+        for idx in _chunks(all_rows, n_vars):
+            scores[idx] = _dense_rows(x, idx, fill) @ basis
+        # the training mean's scores are 0: the fill of an empty neighbourhood / lone sample
+        features = _Features(scores, operators, codes, np.zeros(r))
+        f_fill = np.zeros(r)
+        scale = _ComponentScale(basis, fill)
+    width = features.width
+    n_feat = features.n_blocks * width
+
+    def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, own = features.rows(idx)
+        return f, (own if r is None else _dense(x[idx]))
 
     # Sufficient statistics of each cross-validation fold (whole training samples); the
     # training statistics are their sum, so no pass over the cells is repeated per alpha.
     fold_of_cell = _folds(codes[train_idx], grid is not None)
     if grid is not None and alpha is None:
         grid = [a * train_idx.size for a in grid]
-    f_shift = np.tile(fill, features.n_blocks)  # every feature is an average of the layer
-    folds = [_Stats(n_feat, n_vars, f_shift, fill) for _ in range(int(fold_of_cell.max()) + 1)]
+    f_shift = np.tile(f_fill, features.n_blocks)  # every feature is an average of the source
+    folds = [RidgeStats(n_feat, n_vars, f_shift, fill) for _ in range(int(fold_of_cell.max()) + 1)]
     for k, fold in enumerate(folds):
         for idx in _chunks(train_idx[fold_of_cell == k], n_feat + n_vars):
-            fold.add(*features.rows(idx))
-    total = _Stats.combine(folds, [1.0] * len(folds))
+            fold.add(*rows(idx))
+    total = RidgeStats.total(folds)
 
     def block_columns(blocks: list[int]) -> np.ndarray:
-        return np.concatenate([np.arange(b * n_vars, (b + 1) * n_vars) for b in blocks])
+        return np.concatenate([np.arange(b * width, (b + 1) * width) for b in blocks])
 
     sample_block = len(hop_list)
     designs: dict[str, np.ndarray] = {}
@@ -438,28 +515,29 @@ def linear_baselines(
         if grid is None:
             chosen[name] = float(alpha)
             continue
-        scores = [_cv_score(folds, total, cols, a) for a in grid]
-        if np.isnan(scores).all():
+        scores_cv = ridge_cv_r2(folds, grid, cols, scale)
+        if np.isnan(scores_cv).all():
             raise ValueError(
                 f"{what}: every gene is constant within the training folds, so "
                 "cross-validation cannot choose alpha; pass a fixed alpha=<float>"
             )
-        cv_r2[name] = [float(v) for v in scores]
-        chosen[name] = float(grid[int(np.nanargmax(scores))])
-    fits = {name: total.fit(cols, chosen[name]) for name, cols in designs.items()}
+        cv_r2[name] = [float(v) for v in scores_cv]
+        chosen[name] = float(grid[int(np.nanargmax(scores_cv))])
     y_mean = total.y_sum / total.n + total.y_shift
 
+    # Held-out errors from the held-out cells' statistics: one pass for every baseline.
     names = ["mean", *designs]
     truth = _Moments(n_vars)
-    ss_res = {name: np.zeros(n_vars) for name in names}
-    for idx in _chunks(held_idx, n_feat + n_vars * (len(names) + 1)):
-        f, y = features.rows(idx)
+    held = RidgeStats(n_feat, n_vars, f_shift, fill)
+    ss_mean = np.zeros(n_vars)
+    for idx in _chunks(held_idx, n_feat + 2 * n_vars):
+        f, y = rows(idx)
         truth.update(y)
-        ss_res["mean"] += ((y - y_mean) ** 2).sum(axis=0)
-        for name, cols in designs.items():
-            weights, intercept = fits[name]
-            pred = total.predict(f, cols, weights, intercept)
-            ss_res[name] += ((y - pred) ** 2).sum(axis=0)
+        ss_mean += ((y - y_mean) ** 2).sum(axis=0)
+        held.add(f, y)
+    ss_res = {"mean": ss_mean}
+    for name, cols in designs.items():
+        ss_res[name] = RidgePath(total, cols, scale).sse(held, [chosen[name]])[0]
     scored = ~truth.constant()
     table = {}
     for name in names:
@@ -480,6 +558,10 @@ def linear_baselines(
                 "connectivity_key": str(connectivity_key),
                 "train": str(train),
                 "heldout": [str(h) for h in heldout],
+                "n_components": n_components
+                if n_components in (None, "auto")
+                else int(n_components),
+                "seed": int(seed),
             },
             "columns": list(names),
             "n_train_cells": int(train_idx.size),
@@ -487,5 +569,11 @@ def linear_baselines(
             "alpha_chosen": dict(chosen),
             "cv_r2": {k: list(v) for k, v in cv_r2.items()},
             "alpha_grid": [] if grid is None else [float(a) for a in grid],
+            "features": {
+                "averaged": "genes" if r is None else "components",
+                "n_components": int(n_vars if r is None else r),
+                "explained_variance": float(share),
+                "pca": "none" if method is None else method,
+            },
         }
     return out
