@@ -201,7 +201,7 @@ CELLS = [
         '    rows = adata.obs["region"].to_numpy() == region\n'
         "    axes[0].scatter(*xy[rows].T, s=3, color=cmap(i), label=region)\n"
         'axes[0].set_title("regions")\n'
-        'axes[0].legend(loc="upper left", bbox_to_anchor=(0, -0.08), ncol=2, markerscale=4, fontsize=7)\n'
+        'axes[0].legend(loc="upper left", bbox_to_anchor=(0, -0.14), ncol=2, markerscale=4, fontsize=7)\n'
         'panels = [("observed", observed, np.ones_like(test)),\n'
         '          ("local head (test tiles)", adata.obs_vector(tissue_marker, layer="_y_pred_local"), test),\n'
         '          ("global head (test tiles)", adata.obs_vector(tissue_marker, layer="_y_pred_global"), test)]\n'
