@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 import shutil
 import socket
 import tomllib
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 import interscale as isc
+from interscale.cli import _parser
 from interscale.datasets import _osmfish
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,3 +184,26 @@ def test_file_is_package_data():
     relative = f"datasets/data/{_osmfish.FILENAME}"
     assert any(fnmatch.fnmatch(relative, p) for p in patterns)
     assert any(fnmatch.fnmatch("datasets/data/osmFISH.md", p) for p in patterns)
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def test_readme_built_in_datasets_runs_as_written():
+    section = _readme_section("Built-in datasets")
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    adata = namespace["adata"]
+    assert adata.shape == (4839, 33) and adata.obs["tile"].nunique() == 16
+    assert adata.uns["split_samples"]["n_samples"] == {"train": 8, "val": 4, "test": 4}
+    assert adata.uns["normalize"]["counts"] == "counts"
+    assert "10.1038/s41592-018-0175-z" in section
+    # the command the section gives parses with the options it names
+    (command,) = re.findall(r"`(interscale train [^`]*)`", section.replace("\n", " "))
+    args = _parser().parse_args(command.split()[1:])
+    assert (args.sample_key, args.tile_max_cells) == ("section", 400)

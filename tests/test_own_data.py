@@ -70,7 +70,7 @@ def test_readme_own_data_commands_run_as_written(tmp_path):
     config = load_config(run / "config.yaml")
     assert config.dataset.sample_key == ("library_id",)
     assert config.dataset.spatial_neighbors_kwargs.n_neighs == 10
-    assert (config.dataset.train_size, config.dataset.val_size) == (0.6, 0.3)
+    assert (config.dataset.train_size, config.dataset.val_size) == (0.5, 0.25)
     again = tmp_path / "again"
     argv = ["train", "--config", str(run / "config.yaml"), "--out", str(again), "--quiet"]
     done = subprocess.run(
@@ -151,11 +151,11 @@ def test_split_samples_assigns_whole_samples_reproducibly():
     assert adata.obs["split"].dtype == "category"
     assert list(adata.obs["split"].cat.categories) == list(SPLITS)
     assert adata.obs.groupby("library_id", observed=True)["split"].nunique().max() == 1
-    assert table.value_counts().to_dict() == {"train": 6, "val": 3, "test": 1}
+    assert table.value_counts().to_dict() == {"train": 5, "val": 3, "test": 2}
     other = _user(n_samples=10)
     assert isc.pp.split_samples(other, "library_id", seed=3).equals(table)
     assert not isc.pp.split_samples(other, "library_id", seed=4).equals(table)
-    assert adata.uns["split_samples"]["n_samples"] == {"train": 6, "val": 3, "test": 1}
+    assert adata.uns["split_samples"]["n_samples"] == {"train": 5, "val": 3, "test": 2}
 
 
 @settings(max_examples=40, deadline=None)

@@ -180,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     own.add_argument(
         "--sample-key",
         dest="sample_key",
-        help="obs column naming each sample (comma-separated for several)",
+        help="obs column naming each sample (comma-separated for several); with "
+        "--tile-max-cells, the one column whose samples are cut into tiles",
     )
     own.add_argument(
         "--counts-layer",
@@ -188,6 +189,15 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="where the counts are: auto (layers['counts'], else layers['raw'], else X), X, or a "
         "layer name (default: auto)",
+    )
+    p.add_argument(
+        "--tile-max-cells",
+        type=int,
+        dest="tile_max_cells",
+        metavar="N",
+        help="cut each sample (e.g. one tissue section) into spatial tiles of at most N cells "
+        "(interscale.pp.tile) and split whole tiles into train/val/test; recorded in the "
+        "config as dataset.tile_max_cells",
     )
     graph = own.add_mutually_exclusive_group()
     graph.add_argument("--radius", type=float, help="radius graph in the coordinates' units")
@@ -199,8 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--split-fractions",
         dest="split_fractions",
-        help="train,val,test shares of whole samples when the data has no split column "
-        "(default: the config's, 0.6,0.3,0.1 for your own data without --config)",
+        help="train,val,test shares of whole samples (or tiles) when the data has no split "
+        "column (default: the config's, 0.5,0.25,0.25 for your own data without --config; "
+        "held-out scores read only the test share)",
     )
     p.add_argument(
         "--batch-size",
@@ -247,9 +258,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <folder>/evaluation)")
     p.add_argument(
         "--cells",
-        default="val,test",
+        default="test",
         help="cells the gene ranks are scored on: split names, comma-separated, or 'all' "
-        "(default: val,test, the held-out samples; a missing test split is skipped)",
+        "(default: test, the held-out samples that neither training nor early stopping saw; "
+        "refused when the data has no test samples)",
     )
     p.add_argument(
         "--n-boot",

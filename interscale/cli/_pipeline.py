@@ -47,13 +47,86 @@ def _load_or_make_data(cfg, h5ad: str | None, n_samples: int | None, seed: int):
     return adata, "built-in synthetic_organoids"
 
 
+def _graph_units(cfg) -> list[str]:
+    """The obs column(s) naming the graph units: the tiles when the config tiles, else samples."""
+    ds = cfg.dataset
+    return [ds.tile_key] if ds.tile_max_cells is not None else list(ds.sample_key)
+
+
+def _tiles_for_one_section(n_cells: int) -> int:
+    # a k-d split with this bound gives 16 tiles: enough for a 50/25/25 split with 4 test tiles
+    return max(1, -(-n_cells // 16))
+
+
+def _tile(adata, cfg) -> None:
+    """Cut the samples into the config's tiles, or check the tiles the file already holds."""
+    import interscale as isc
+
+    ds = cfg.dataset
+    sample, key, bound = ds.sample_key[0], ds.tile_key, ds.tile_max_cells
+    if key in adata.obs.columns:
+        record = adata.uns.get(key)
+        written = isinstance(record, dict) and "max_cells" in record
+        same = (
+            written
+            and int(record["max_cells"]) == bound
+            and str(record.get("library_key")) == sample
+        )
+        if not same:
+            found = (
+                f"tiles of at most {int(record['max_cells'])} cells of obs"
+                f"[{record.get('library_key')!r}]"
+                if written
+                else "a column that interscale.pp.tile did not write"
+            )
+            raise ValueError(
+                f"obs[{key!r}] already exists ({found}), but the config asks for tiles of at "
+                f"most {bound} cells of obs[{sample!r}] (dataset.tile_max_cells); drop the "
+                "column, or set dataset.tile_key to another name"
+            )
+        n_tiles = adata.obs[key].nunique()
+        print(f"using the stored tiles obs[{key!r}] ({n_tiles} tiles of at most {bound} cells)")
+        return
+    spatial_key = ds.spatial_neighbors_kwargs.spatial_key
+    tiles = isc.pp.tile(adata, bound, library_key=sample, key_added=key, spatial_key=spatial_key)
+    print(
+        f"cut obs[{sample!r}] into {tiles.nunique()} tiles of at most {bound} cells "
+        f"(obs[{key!r}], dataset.tile_max_cells)"
+    )
+
+
+def _check_enough_units(adata, cfg, unit: str) -> None:
+    """Refuse, with the option that fixes it, a file whose samples cannot be split."""
+    ds = cfg.dataset
+    n_units = int(adata.obs[unit].nunique())
+    if n_units >= 2:
+        return
+    suggestion = _tiles_for_one_section(adata.n_obs)
+    if ds.tile_max_cells is not None:
+        raise ValueError(
+            f"dataset.tile_max_cells={ds.tile_max_cells} leaves the {adata.n_obs} cells in "
+            f"{n_units} tile; whole-tile splits need at least two (one to train, one to "
+            f"validate) and test tiles to score: lower --tile-max-cells (dataset.tile_max_cells),"
+            f" e.g. to {suggestion} for 16 tiles"
+        )
+    raise ValueError(
+        f"obs[{unit!r}] holds a single sample ({adata.n_obs} cells): whole-sample splits need "
+        "at least two (one to train, one to validate, and test samples to score). For one "
+        f"tissue section, cut it into spatial tiles and split whole tiles: --tile-max-cells N "
+        f"(dataset.tile_max_cells: N in a config), e.g. --tile-max-cells {suggestion} for 16 "
+        "tiles; or add a split column (--split-key)"
+    )
+
+
 def _preprocess(adata, cfg) -> None:
-    """Counts -> QC and normalised layer, whole-sample split and spatial graph, where missing.
+    """Counts -> QC and normalised layer, tiles, whole-unit split and spatial graph, if missing.
 
     Each step runs only when its output is absent, so a preprocessed file passes unchanged; the
-    config says where the counts are (``dataset.counts_layer``), how to split
-    (``train_size``/``val_size``/``test_size``, ``stratify_group``, seed ``optim.seed``) and
-    how to build the graph (``spatial_neighbors_kwargs``, also when ``rebuild`` is set).
+    config says where the counts are (``dataset.counts_layer``), whether to cut the samples
+    into tiles first (``tile_max_cells``, ``tile_key``: the tiles are then the units split and
+    the graphs), how to split (``train_size``/``val_size``/``test_size``, ``stratify_group``,
+    seed ``optim.seed``) and how to build the graph (``spatial_neighbors_kwargs``, also when
+    ``rebuild`` is set).
     """
     import interscale as isc
 
@@ -64,27 +137,37 @@ def _preprocess(adata, cfg) -> None:
         isc.pp.qc(adata, spatial_key=kw.spatial_key, layer=ds.counts_layer)
         isc.pp.normalize(adata, layer=ds.counts_layer, key_added=layer)
         print(f"normalised {adata.uns['normalize']['counts']} into layers[{layer!r}]")
+    if ds.tile_max_cells is not None:
+        _tile(adata, cfg)
+    units = _graph_units(cfg)
     if ds.split_key not in adata.obs.columns:
-        if len(ds.sample_key) != 1:
+        if len(units) != 1:
             raise ValueError(
                 f"the data has no split column {ds.split_key!r}; add one (train/val/test per "
                 "sample), or use a single sample key so that samples can be split"
             )
+        _check_enough_units(adata, cfg, units[0])
         fractions = (ds.train_size, ds.val_size, ds.test_size)
         isc.pp.split_samples(
             adata,
-            ds.sample_key[0],
+            units[0],
             fractions=fractions,
             stratify_key=ds.stratify_group,
             seed=cfg.optim.seed,
             key_added=ds.split_key,
         )
         counts = adata.uns["split_samples"]["n_samples"]
-        print(f"split whole samples of obs[{ds.sample_key[0]!r}] into {counts}")
+        what = "tiles" if ds.tile_max_cells is not None else "samples"
+        print(f"split whole {what} of obs[{units[0]!r}] into {counts}")
+        if counts["test"] == 0:
+            print(
+                f"warning: no test {what}, so no held-out scores; use more {what} or a larger "
+                "test share (--split-fractions)"
+            )
     key = Key.obsp.spatial_connectivities()
     if key not in adata.obsp or kw.rebuild:
         # the same function the model uses: radius/n_neighs, library_key and spatial_key
-        isc.pp.spatial_graph_from_config(adata, cfg)
+        isc.pp.spatial_graph_from_config(adata, cfg, units)
         rule = f"radius {kw.radius}" if kw.radius is not None else f"{kw.n_neighs} nearest cells"
         print(f"built the spatial graph ({rule}, obsm[{kw.spatial_key!r}])")
     else:
@@ -106,10 +189,11 @@ def _own_data_config(args):
         "dataset.name": Path(args.h5ad).stem,
         "dataset.sample_key": sample_keys,
         "dataset.counts_layer": args.counts_layer,
-        # the defaults of interscale.pp.split_samples, used when the file has no split column
-        "dataset.train_size": 0.6,
-        "dataset.val_size": 0.3,
-        "dataset.test_size": 0.1,
+        # the defaults of interscale.pp.split_samples, used when the file has no split column:
+        # a quarter of the samples (or tiles) is test, the only ones held-out scores read
+        "dataset.train_size": 0.5,
+        "dataset.val_size": 0.25,
+        "dataset.test_size": 0.25,
         "dataset.spatial_neighbors_kwargs.library_key": None,
         "model.save": str(args.out),
     }
@@ -124,6 +208,8 @@ def _own_data_config(args):
 def _cli_overrides(args) -> dict:
     """Settings the command line changes in any configuration."""
     overrides = {"optim.n_epochs": args.epochs} if args.epochs else {}
+    if args.tile_max_cells is not None:
+        overrides["dataset.tile_max_cells"] = args.tile_max_cells
     if args.batch_size:
         overrides["dataset.batch_size"] = args.batch_size
     if args.split_key:
@@ -162,7 +248,7 @@ def _set_up_model(cfg, h5ad: str | None, n_samples: int | None):
     isc.model.CombinedModel._setup_anndata(
         adata,
         layer_key=cfg.dataset.layer_key,
-        sample_key_list=list(cfg.dataset.sample_key),
+        sample_key_list=_graph_units(cfg),
         split_key=cfg.dataset.split_key,
     )
     return adata, source, isc.model.CombinedModel(adata, cfg), load_seconds
@@ -180,8 +266,9 @@ def run_job(
     """Built-in (or given) dataset -> preprocess -> train -> held-out outputs -> report.
 
     The report holds the mean per-gene R^2 of each head per split, and the AUROC of the
-    Rank Difference for the planted local vs global genes scored on the held-out (val +
-    test) cells; when the AUROC cannot be computed it is None and ``auroc_reason`` says why.
+    Rank Difference for the planted local vs global genes scored on the held-out cells: the
+    test samples, which neither training nor early stopping (the validation samples) saw. When
+    the AUROC cannot be computed it is None and ``auroc_reason`` says why.
     Returns the report dict, also written to ``<out>/report.json``.
     """
     t_start = time.perf_counter()
@@ -227,7 +314,9 @@ def run_job(
 
 
 def _heldout_auroc(adata, split_key: str) -> dict:
-    """AUROC of the Rank Difference on the held-out (val + test) cells, or why there is none.
+    """AUROC of the Rank Difference on the held-out test cells, or why there is none.
+
+    Only the test samples count as held out: the validation samples chose the best epoch.
 
     Returns the report entries: ``gene_ranks_cells`` and ``gene_ranks_n_cells`` (the scored
     cells), and ``auroc_local_vs_global_genes`` (None when not computed, then with
@@ -244,7 +333,7 @@ def _heldout_auroc(adata, split_key: str) -> dict:
             adata,
             layers_local_pred=Key.layers.y_pred("local"),
             layers_global_pred=Key.layers.y_pred("global"),
-            cells=report_cells(adata, "val,test", split_key),
+            cells=report_cells(adata, "test", split_key),
             split_key=split_key,
         )
     except (KeyError, ValueError) as exc:
@@ -266,7 +355,7 @@ def _print_report(report: dict) -> None:
     print(f"  epochs            {report['epochs_run']} (best {report['best_epoch']})")
     print(f"  seconds / epoch   {report['seconds_per_epoch']:.2f}")
     print(f"  inference         {report['inference_seconds']:.1f} s")
-    print("  held-out R^2 (mean over genes, each cell predicted while masked)")
+    print("  R^2 per split (mean over genes, each cell predicted while masked; held out: test)")
     print(f"    {'split':<8}{'local':>10}{'global':>10}")
     for split in report["heldout_r2_local"]:
         loc = report["heldout_r2_local"][split]

@@ -133,6 +133,18 @@ class DatasetConfig(_Section):
         Compatibility only (default ``None``).
     split_key
         obs column holding the train/val/test split (default ``"split"``).
+    tile_max_cells
+        Cut each sample into spatially compact tiles of at most this many cells before
+        splitting (:func:`interscale.pp.tile`, a k-d split at the median coordinates), for a
+        file holding a single section; ``None`` (default) uses the samples as they are. The
+        tiles then replace the samples as graph units and as the units that
+        ``interscale train`` assigns to train / val / test, so no tile is in two splits. Needs
+        a single ``sample_key``.
+    tile_key
+        obs column the tile labels (``"<sample>/<k>"``) are written to when ``tile_max_cells``
+        is set (default ``"tile"``); must differ from ``sample_key`` and ``split_key``. A file
+        that already holds this column is used as it is if :func:`interscale.pp.tile` wrote it
+        with the same ``tile_max_cells`` and sample column, and refused otherwise.
     spatial_neighbors_kwargs
         :class:`SpatialNeighborsConfig`.
     batch_size
@@ -180,6 +192,8 @@ class DatasetConfig(_Section):
     sample_key: tuple[str, ...] = ()
     group_label: str | None = None
     split_key: str = "split"
+    tile_max_cells: int | None = None
+    tile_key: str = "tile"
     spatial_neighbors_kwargs: SpatialNeighborsConfig = field(default_factory=SpatialNeighborsConfig)
     batch_size: int = 32
     train_size: float = 0.7
@@ -216,6 +230,7 @@ class DatasetConfig(_Section):
         _as_str(self.split_key, f"{p}.split_key")
         if not self.split_key:
             raise ConfigError(f"{p}.split_key must not be empty")
+        self._check_tiling()
         _require(self, "spatial_neighbors_kwargs", SpatialNeighborsConfig, p)
         _set(self, "batch_size", _as_int(self.batch_size, f"{p}.batch_size", minimum=1))
         for name in ("train_size", "val_size", "test_size"):
@@ -248,3 +263,27 @@ class DatasetConfig(_Section):
         _set(self, "fine_tuning", _as_str_tuple(self.fine_tuning, f"{p}.fine_tuning"))
         subset = () if _is_unset(self.subset_dict) else self.subset_dict
         _set(self, "subset_dict", _as_subset(subset, f"{p}.subset_dict"))
+
+    def _check_tiling(self) -> None:
+        p = self._PATH
+        tile = self.tile_max_cells
+        if not _is_unset(tile):
+            tile = _as_int(tile, f"{p}.tile_max_cells", minimum=1)
+        _set(self, "tile_max_cells", None if _is_unset(tile) else tile)
+        _as_str(self.tile_key, f"{p}.tile_key")
+        if not self.tile_key:
+            raise ConfigError(f"{p}.tile_key must not be empty")
+        if self.tile_max_cells is None:
+            return
+        if len(self.sample_key) > 1:
+            raise ConfigError(
+                f"{p}.tile_max_cells cuts the samples of one obs column into tiles; "
+                f"{p}.sample_key names {len(self.sample_key)} ({list(self.sample_key)}): "
+                "give a single column"
+            )
+        if self.tile_key in self.sample_key or self.tile_key == self.split_key:
+            raise ConfigError(
+                f"{p}.tile_key {self.tile_key!r} must differ from {p}.sample_key "
+                f"{list(self.sample_key)} and {p}.split_key {self.split_key!r}: the tiles are "
+                "written to a column of their own"
+            )

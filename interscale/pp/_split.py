@@ -48,7 +48,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 def split_samples(
     adata: ad.AnnData,
     library_key: str,
-    fractions: Sequence[float] = (0.6, 0.3, 0.1),
+    fractions: Sequence[float] = (0.5, 0.25, 0.25),
     stratify_key: str | None = None,
     seed: int = 0,
     key_added: str = "split",
@@ -68,7 +68,9 @@ def split_samples(
     library_key
         obs column naming each cell's sample (e.g. ``"library_id"``).
     fractions
-        Shares of samples for train, val and test (sum 1; train and val > 0).
+        Shares of samples for train, val and test (sum 1; train and val > 0). The default
+        (0.5, 0.25, 0.25) keeps a quarter of the samples as test: the validation samples
+        choose the best epoch, so only the test samples are unseen for held-out scores.
     stratify_key
         obs column constant within each sample (e.g. a condition) to balance over the splits.
     seed
