@@ -238,8 +238,10 @@ CELLS = [
         'local_floor, global_floor = floors["hop2"].loc[ranks["gene"]].to_numpy(), floors["hop2_sample"].loc[ranks["gene"]].to_numpy()\n'
         'n_local_beats = int((ranks["r2_local"].to_numpy() > local_floor).sum())\n'
         'n_global_beats = int((ranks["r2_global"].to_numpy() > global_floor).sum())\n'
-        'ratio_local = ranks["r2_local"].mean() / floors[best_floor].mean()\n'
-        'ratio_global = ranks["r2_global"].mean() / floors[best_floor].mean()\n'
+        "# A ratio to a floor that explains nothing (R^2 <= 0) would read as a gain: none is given.\n"
+        "floor_r2 = floors[best_floor].mean()\n"
+        'ratio_local = ranks["r2_local"].mean() / floor_r2 if floor_r2 > 0 else float("nan")\n'
+        'ratio_global = ranks["r2_global"].mean() / floor_r2 if floor_r2 > 0 else float("nan")\n'
         'verdict = lambda r: "reaches" if r >= 1 else "falls short of"\n'
         "lines = [\n"
         "    f\"On the {ranks.attrs['n_cells']} cells of the {n_test_tiles} test tiles, \"\n"
@@ -247,7 +249,9 @@ CELLS = [
         "    f\"predicting each gene's training mean gives {floors['mean'].mean():.3f}, and the best ridge floor \"\n"
         '    f"(`{best_floor}`) {floors[best_floor].mean():.3f}.",\n'
         '    f"The local head {verdict(ratio_local)} that ridge ({ratio_local:.2f} x), the global head "\n'
-        '    f"{verdict(ratio_global)} it ({ratio_global:.2f} x).",\n'
+        '    f"{verdict(ratio_global)} it ({ratio_global:.2f} x)."\n'
+        "    if floor_r2 > 0\n"
+        '    else "No ridge floor explains anything here (best R² <= 0), so no ratio to it is given.",\n'
         '    f"Gene by gene, the local head beats the 2-hop ridge on {n_local_beats} of {adata.n_vars} genes and the "\n'
         '    f"global head beats the 2-hop + tile ridge on {n_global_beats} of {adata.n_vars}.",\n'
         "]\n"
