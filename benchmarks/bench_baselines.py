@@ -1,17 +1,29 @@
-"""``linear_baselines``: ridge floors on k-hop and sample averages, 43,800 x 88 and 1M x 500.
+"""``linear_baselines``: ridge floors on k-hop and sample averages.
 
-Data are random (the cost does not depend on the values): samples of 4,380 / 50,000 uniform
-random points with a radius-200 graph of about 10 neighbours per cell
-(:func:`interscale.pp.spatial_neighbors`), a dense float32 layer whose rows repeat a random
-block of 4,096 rows (set-up in seconds at 1,000,000 x 500), the last two samples held out
-(``val``, ``test``). The call uses the defaults: hops (1, 2) and alpha chosen from the default
-grid by whole-sample cross-validation.
+Two benchmark classes; the data are random (the cost does not depend on the values):
 
-At 1,000,000 x 500 the three feature blocks have 1,500 columns: the Gram matrix alone costs
-about 2 x 10^12 multiply-adds, minutes on 2 CPU cores, so that size is opt-in:
-``INTERSCALE_BENCH_SCALE=1`` (as in ``bench_scale.py``); without it ``setup`` raises
-NotImplementedError and asv reports it as skipped. In smoke mode
-(``INTERSCALE_BENCH_SMOKE=1``) only a reduced case of 4 samples x 750 cells x 88 genes runs.
+- ``LinearBaselines``: 43,800 x 88 and 1,000,000 x 500. Samples of 4,380 / 50,000 uniform
+  random points with a radius-200 graph of about 10 neighbours per cell
+  (:func:`interscale.pp.spatial_neighbors`), a dense float32 layer whose rows repeat a random
+  block of 4,096 rows (set-up in seconds at 1,000,000 x 500), the last two samples held out
+  (``val``, ``test``). At 88 genes the floors average the genes themselves; at 500 genes
+  (above the 256 of ``n_components="auto"``) they average 256 principal components. The
+  1,000,000-cell size takes minutes on 2 CPU cores, so it is opt-in:
+  ``INTERSCALE_BENCH_SCALE=1`` (as in ``bench_scale.py``); without it ``setup`` raises
+  NotImplementedError and asv reports it as skipped. In smoke mode
+  (``INTERSCALE_BENCH_SMOKE=1``) only a reduced case of 4 samples x 750 cells x 88 genes runs.
+- ``LinearBaselinesLargePanel``: 100,000 cells x 5,000 genes, the panel size where the
+  former solver (a Cholesky factorisation of the 15,000-wide Gram matrix per alpha and fold)
+  took hours. 10 samples of 10,000 random points with a 10-nearest-neighbour graph, a sparse
+  counts-like CSR layer (``log1p`` of gamma counts in 250 random genes per cell, 5 %
+  non-zero), 8 samples ``train``: 256 principal components from the randomized range finder,
+  every design at most 768 features, 5 folds x 7 alphas. Also opt-in with
+  ``INTERSCALE_BENCH_SCALE=1`` (minutes); in smoke mode 4 samples x 300 cells x 1,100
+  genes with 32 components run instead (the same path: randomized components above 1,024
+  genes).
+
+Both call ``linear_baselines`` with its defaults: hops (1, 2), alpha chosen from the default
+grid by whole-sample cross-validation, ``n_components="auto"``, the ``test`` sample scored.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import scipy.sparse as sp
 
 from ._common import SLOW_ATTRS, SMOKE, random_points, sizes
 
@@ -51,7 +64,26 @@ def _layer(n: int, g: int, rng: np.random.Generator) -> np.ndarray:
     return out.reshape(reps * len(block), g)[:n]
 
 
-def baseline_data(cells: int, genes: int, n_samples: int, seed: int = 0):
+def _sparse_layer(n: int, g: int, per_cell: int, rng: np.random.Generator) -> sp.csr_matrix:
+    """Counts-like CSR layer: ``log1p`` of gamma values in ``per_cell`` random genes per cell."""
+    cols = rng.integers(0, g, (n, per_cell))
+    cols.sort(axis=1)
+    values = np.log1p(rng.gamma(0.8, 3.0, (n, per_cell)) + 1.0).astype(np.float32)
+    indptr = np.arange(0, n * per_cell + 1, per_cell)
+    layer = sp.csr_matrix((values.ravel(), cols.ravel(), indptr), shape=(n, g))
+    layer.sum_duplicates()  # a gene drawn twice in a cell: one entry
+    return layer
+
+
+def baseline_data(
+    cells: int,
+    genes: int,
+    n_samples: int,
+    seed: int = 0,
+    *,
+    n_neighs: int | None = None,
+    per_cell: int | None = None,
+):
     """Samples of random points with a radius graph, a dense layer and a whole-sample split.
 
     Parameters
@@ -64,6 +96,10 @@ def baseline_data(cells: int, genes: int, n_samples: int, seed: int = 0):
         Number of samples; the last two are ``val`` and ``test``, the others ``train``.
     seed
         Seed of the numpy Generator.
+    n_neighs
+        Build a kNN graph with this many neighbours instead of the radius graph.
+    per_cell
+        Make the layer sparse (CSR) with this many non-zero genes per cell instead of dense.
 
     Returns
     -------
@@ -93,8 +129,14 @@ def baseline_data(cells: int, genes: int, n_samples: int, seed: int = 0):
     adata.obsm["spatial"] = np.concatenate(
         [random_points(int(m), MEAN_DEGREE, RADIUS, seed=seed + s) for s, m in enumerate(per)]
     )
-    adata.layers["log1p_norm"] = _layer(cells, genes, rng)
-    spatial_neighbors(adata, radius=RADIUS, library_key="sample")
+    if per_cell is None:
+        adata.layers["log1p_norm"] = _layer(cells, genes, rng)
+    else:
+        adata.layers["log1p_norm"] = _sparse_layer(cells, genes, per_cell, rng)
+    if n_neighs is None:
+        spatial_neighbors(adata, radius=RADIUS, library_key="sample")
+    else:
+        spatial_neighbors(adata, n_neighs=n_neighs, library_key="sample")
     return adata
 
 
@@ -116,8 +158,17 @@ class LinearBaselines:
 
         self.fn = linear_baselines
 
+    #: Extra arguments of the call (none: the defaults are what is measured).
+    kwargs: dict = {}
+
     def _run(self) -> None:
-        self.fn(self.adata, layer_key="log1p_norm", library_key="sample", split_key="split")
+        self.fn(
+            self.adata,
+            layer_key="log1p_norm",
+            library_key="sample",
+            split_key="split",
+            **self.kwargs,
+        )
 
     def time_linear_baselines(self, size: str) -> None:
         """Wall time."""
@@ -128,6 +179,43 @@ class LinearBaselines:
         self._run()
 
 
-for _name, _value in SLOW_ATTRS.items():
-    setattr(LinearBaselines, _name, _value)
-del _name, _value
+#: (cells, genes, samples) of the large panel, its smoke stand-in, and its layer and graph.
+LARGE_PANEL = {"100000x5000": (100_000, 5_000, 10)}
+LARGE_PANEL_SMOKE = (1_200, 1_100, 4)
+LARGE_PANEL_SMOKE_COMPONENTS = 32
+LARGE_PANEL_PER_CELL = 250
+LARGE_PANEL_NEIGHS = 10
+
+
+class LinearBaselinesLargePanel(LinearBaselines):
+    """``linear_baselines`` with its defaults on a 5,000-gene sparse panel (components)."""
+
+    params = (list(LARGE_PANEL),)
+
+    def setup(self, size: str) -> None:
+        """Sparse counts-like layer and kNN graph (skipped without INTERSCALE_BENCH_SCALE)."""
+        if not SCALE and not SMOKE:
+            raise NotImplementedError(
+                f"linear_baselines at {size} takes minutes on CPU; set INTERSCALE_BENCH_SCALE=1"
+            )
+        cells, genes, n_samples = LARGE_PANEL_SMOKE if SMOKE else LARGE_PANEL[size]
+        self.adata = baseline_data(
+            cells,
+            genes,
+            n_samples,
+            n_neighs=LARGE_PANEL_NEIGHS,
+            per_cell=min(LARGE_PANEL_PER_CELL, genes // 20),
+        )
+        # smoke: the same randomized-components path with fewer components, to stay quick
+        self.kwargs = {"n_components": LARGE_PANEL_SMOKE_COMPONENTS} if SMOKE else {}
+        from interscale.evaluation import linear_baselines
+
+        self.fn = linear_baselines
+
+
+for _cls in (LinearBaselines, LinearBaselinesLargePanel):
+    for _name, _value in SLOW_ATTRS.items():
+        setattr(_cls, _name, _value)
+# The randomized components and 6e11 multiply-adds of cross products: minutes on 2 busy cores.
+LinearBaselinesLargePanel.timeout = 1800
+del _cls, _name, _value
