@@ -128,10 +128,13 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
 
 
 def tutorial_config() -> Config:
-    """The configuration of the tutorials and the main job, shipped with the package.
+    """The configuration of the own-data path, shipped with the package.
 
-    It is ``config_files/synthetic_example.yaml`` of the repository (a test keeps the two
-    identical) and the defaults of ``interscale train --h5ad FILE`` without ``--config``.
+    It is ``config_files/synthetic_example.yaml`` of the repository with one difference, kept
+    so by a test: ``model.linear_part`` is on, so that each head nests the closed-form ridge on
+    neighbourhood and sample means that ``interscale.tl.linear_baselines`` uses as a floor, and
+    trains its deep part on what that ridge leaves. It gives the defaults of
+    ``interscale train --h5ad FILE`` without ``--config`` and of the real-tissue tutorial.
 
     Returns
     -------
