@@ -13,12 +13,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import scipy.sparse as sp
 from anndata import AnnData
 
 from interscale._anndata import check_not_view, obs_column_codes
-from interscale._ridge import RidgePath, RidgeStats, group_folds, inverse_sd
+from interscale._ridge import (
+    AUTO_COMPONENTS,
+    AUTO_MAX_GENES,
+    EXACT_PCA_MAX_GENES,
+    ComponentScale,
+    RidgePath,
+    RidgeStats,
+    group_folds,
+    principal_axes,
+)
 from interscale._ridge import cv_r2 as ridge_cv_r2
 from interscale.evaluation._utils import _get_matrix, _Moments
 from interscale.names import Key
@@ -34,13 +42,11 @@ _ALPHA_GRID = tuple(10.0 ** np.arange(-6, 1))
 # unpenalised ridge turns that into a copy of the target on the training cells, which is
 # why the penalty is chosen on whole held-out training samples, never on cells.
 _MAX_FOLDS = 5
-# n_components="auto": the genes themselves up to this many, else this many components.
-_AUTO_MAX_GENES = 256
-_AUTO_COMPONENTS = 256
+# n_components="auto": the rule of interscale._ridge.auto_components, shared with the model.
+_AUTO_MAX_GENES = AUTO_MAX_GENES
+_AUTO_COMPONENTS = AUTO_COMPONENTS
 # Principal axes from the exact covariance up to this many genes, else randomized.
-_EXACT_PCA_MAX_GENES = 1024
-_PCA_OVERSAMPLE = 10
-_PCA_POWER_ITERATIONS = 2
+_EXACT_PCA_MAX_GENES = EXACT_PCA_MAX_GENES
 
 
 def _folds(train_codes: np.ndarray, cross_validate: bool) -> np.ndarray:
@@ -79,91 +85,6 @@ def _check_components(n_components: Any, n_vars: int) -> int | None:
 
 def _dense_rows(x: Any, idx: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return _dense(x[idx]) - shift
-
-
-def _principal_axes(
-    x: Any, rows: np.ndarray, mean: np.ndarray, r: int, seed: int
-) -> tuple[np.ndarray, float, str]:
-    """Top-``r`` principal axes ``(n_vars, r)`` of ``x[rows]``, the variance share they hold,
-    and the method (exact eigendecomposition of the covariance, or randomized range finder).
-
-    The randomized finder (Halko, Martinsson & Tropp 2011: oversampling 10, 2 power
-    iterations, re-orthonormalised by QR) reads the rows in dense chunks and never forms the
-    ``n_vars x n_vars`` covariance; its test matrix comes from ``seed``.
-    """
-    n_vars = mean.size
-    total_var = 0.0
-    if n_vars <= _EXACT_PCA_MAX_GENES:
-        cov = np.zeros((n_vars, n_vars))
-        for idx in _chunks(rows, n_vars):
-            xc = _dense_rows(x, idx, mean)
-            cov += xc.T @ xc
-        lam, vecs = scipy.linalg.eigh(cov, driver="evd", check_finite=False)
-        lam = np.clip(lam[::-1], 0.0, None)
-        total = float(lam.sum())
-        share = float(lam[:r].sum() / total) if total > 0 else 1.0
-        return np.ascontiguousarray(vecs[:, ::-1][:, :r]), share, "exact"
-
-    k = min(n_vars, r + _PCA_OVERSAMPLE)
-    omega = np.random.default_rng(seed).standard_normal((n_vars, k))
-
-    def times(basis: np.ndarray) -> np.ndarray:  # X_c @ basis, (n_rows, k)
-        out = np.empty((rows.size, basis.shape[1]))
-        start = 0
-        for idx in _chunks(rows, n_vars):
-            out[start : start + idx.size] = _dense_rows(x, idx, mean) @ basis
-            start += idx.size
-        return out
-
-    def t_times(left: np.ndarray) -> tuple[np.ndarray, float]:  # X_c^T @ left, and ||X_c||^2
-        out = np.zeros((n_vars, left.shape[1]))
-        sq = 0.0
-        start = 0
-        for idx in _chunks(rows, n_vars):
-            xc = _dense_rows(x, idx, mean)
-            out += xc.T @ left[start : start + idx.size]
-            sq += float(np.einsum("ij,ij->", xc, xc))
-            start += idx.size
-        return out, sq
-
-    q, _ = np.linalg.qr(times(omega))
-    for _ in range(_PCA_POWER_ITERATIONS):
-        w, total_var = t_times(q)
-        w, _ = np.linalg.qr(w)
-        q, _ = np.linalg.qr(times(w))
-    bt, total_var = t_times(q)  # B^T = X_c^T Q: its left singular vectors are X_c's axes
-    u, sv, _ = np.linalg.svd(bt, full_matrices=False)
-    share = float((sv[:r] ** 2).sum() / total_var) if total_var > 0 else 1.0
-    return np.ascontiguousarray(u[:, :r]), min(share, 1.0), "randomized"
-
-
-class _ComponentScale:
-    """Standardisation that makes a ridge on averaged components one on averaged genes.
-
-    With ``z = (x - m) @ V`` (``V`` orthonormal, ``(n_vars, r)``) and a block of averages of
-    ``z``, the gene averages it stands for are ``m + z_avg @ V^T``, with per-gene sd ``d``
-    (computed from the block's covariance ``C`` as ``diag(V C V^T)``, constant genes 1 as in
-    StandardScaler). The ridge on the standardised gene averages ``z_avg V^T D^-1`` equals
-    the ridge on ``z_avg @ L`` with ``L L^T = V^T D^-2 V``; ``L = R^T`` from the QR
-    factorisation ``D^-1 V = Q R``. When ``V`` spans every centred row of the layer, this is
-    exactly the ridge on the gene averages; otherwise it is the ridge on their projection.
-    """
-
-    def __init__(self, basis: np.ndarray, layer_mean: np.ndarray) -> None:
-        self.basis = basis
-        self.layer_mean = layer_mean
-
-    def __call__(self, mean: np.ndarray, cov: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
-        r = self.basis.shape[1]
-        out = np.zeros_like(cov)
-        for b in range(mean.size // r):  # the blocks of a design: at most hops + 1
-            sl = slice(b * r, (b + 1) * r)
-            var = np.einsum("gi,ij,gj->g", self.basis, cov[sl, sl], self.basis, optimize=True)
-            # a gene's rounding: at most that of its components, added in sd (Cauchy-Schwarz)
-            noise = (np.abs(self.basis) @ np.sqrt(noise_var[sl])) ** 2
-            t = inverse_sd(self.layer_mean + self.basis @ mean[sl], var, noise)
-            out[sl, sl] = np.linalg.qr(self.basis * t[:, None], mode="r").T
-        return out
 
 
 def _check_alpha(alpha: Any) -> list[float] | None:
@@ -471,7 +392,13 @@ def linear_baselines(
         features = _Features(x, operators, codes, fill)
         f_fill, share, method = fill, 1.0, None
     else:
-        basis, share, method = _principal_axes(x, train_idx, fill, r, int(seed))
+        basis, share, method = principal_axes(
+            lambda: (_dense(x[idx]) for idx in _chunks(train_idx, n_vars)),
+            fill,
+            r,
+            int(seed),
+            _EXACT_PCA_MAX_GENES,
+        )
         scores = np.empty((adata.n_obs, r))
         all_rows = np.arange(adata.n_obs)
         for idx in _chunks(all_rows, n_vars):
@@ -479,7 +406,7 @@ def linear_baselines(
         # the training mean's scores are 0: the fill of an empty neighbourhood / lone sample
         features = _Features(scores, operators, codes, np.zeros(r))
         f_fill = np.zeros(r)
-        scale = _ComponentScale(basis, fill)
+        scale = ComponentScale(basis, fill)
     width = features.width
     n_feat = features.n_blocks * width
 

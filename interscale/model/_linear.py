@@ -17,9 +17,13 @@
    masked validation cells (per gene and head): the deep part is kept only as far as samples it
    was not trained on support it.
 
-The statistics are sums over cells (``(F, F)`` and ``(F, G)`` with ``F = 3 G`` at most), the
+The statistics are sums over cells (``(F, F)`` and ``(F, G)`` with ``F = 3 w`` at most), the
 solver is :mod:`interscale._ridge`, the one the floors use: no matrix grows with the cells of a
-sample, and one symmetric eigendecomposition per design and fold serves every penalty.
+sample, and one symmetric eigendecomposition per design and fold serves every penalty. ``w``
+is the number of genes up to 256 of them; above, the averages are those of the top 256
+principal components of the training cells (the floors' ``n_components="auto"``), and the
+ridge is the one on the standardised gene averages restricted to that subspace: the floors'
+twin at every panel size, with a Gram matrix of at most 768 features.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from interscale._ridge import RidgePath, RidgeStats
+from interscale._ridge import ComponentScale, RidgePath, RidgeStats, principal_axes
 from interscale.graphs import GraphBatch, SampleGraph
 from interscale.nn import FEATURE_BLOCKS, neighbourhood_features
 from interscale.train import fold_masks
@@ -48,15 +52,30 @@ HEAD_DESIGNS = {
 _MAX_FOLDS = 5
 
 
-def _graph_features(graph: SampleGraph, fill: torch.Tensor, blocks: Sequence[str]):
-    """Float64 features (all blocks side by side) and targets of a graph's core cells."""
+def _graph_features(
+    graph: SampleGraph, fill: torch.Tensor, basis: torch.Tensor | None, blocks: Sequence[str]
+):
+    """Float64 features (all blocks side by side) and targets of a graph's core cells.
+
+    The blocks average the genes, or with ``basis`` the scores ``(x - fill) @ basis`` (an
+    empty neighbourhood then gets the training mean's scores, zeros).
+    """
     batch = GraphBatch.collate([graph])
     x = batch.x.double()
-    feats = neighbourhood_features(x, batch.edge_index, batch.ptr, fill.double(), blocks)
+    if basis is None:
+        source, empty = x, fill
+    else:
+        source, empty = (x - fill) @ basis, fill.new_zeros(basis.shape[1])
+    feats = neighbourhood_features(source, batch.edge_index, batch.ptr, empty, blocks)
     f = torch.cat([feats[b] for b in blocks], dim=1)
     if graph.core is not None:
         f, x = f[graph.core], x[graph.core]
     return f.numpy(), x.numpy()
+
+
+def _core_rows(graph: SampleGraph) -> np.ndarray:
+    x = graph.x if graph.core is None else graph.x[graph.core]
+    return x.double().numpy()
 
 
 def fit_linear_part(
@@ -64,6 +83,7 @@ def fit_linear_part(
     train_graphs: Sequence[SampleGraph],
     alpha_grid: Sequence[float] | None = None,
     per_gene: bool = True,
+    seed: int = 0,
 ) -> dict:
     """Fit the linear part of every head of ``module`` on the training graphs, in place.
 
@@ -79,12 +99,18 @@ def fit_linear_part(
         Choose design and penalty per gene (default; a multi-target ridge is one ridge per
         target, so each gene may take its own). ``False`` chooses one for all genes, by the
         mean cross-validated R^2, as ``linear_baselines`` chooses each floor's penalty.
+    seed
+        Seed of the randomized principal axes (components above 1,024 genes only).
 
     Returns
     -------
     dict
         Per head: each gene's ``design`` (block names joined by ``+``) and ``alpha``, and the
-        mean cross-validated R^2 of the choice (``cv_r2``).
+        mean cross-validated R^2 of the choice (``cv_r2``). Under ``"features"`` what was
+        averaged, as ``linear_baselines`` records it: ``"averaged"`` (``"genes"`` or
+        ``"components"``), ``"n_components"``, ``"explained_variance"`` (the components'
+        share of the training cells' variance) and ``"pca"`` (``"none"``, ``"exact"`` or
+        ``"randomized"``).
 
     Raises
     ------
@@ -108,20 +134,32 @@ def fit_linear_part(
         count += x.shape[0]
     fill = total_y / count
     blocks = FEATURE_BLOCKS
-    n_feat = len(blocks) * n_genes
-    shift = np.tile(fill, len(blocks))
+    r = part.n_components
+    scale = None  # StandardScaler on the gene averages
+    if r is None:
+        width, basis, share, method = n_genes, None, 1.0, "none"
+        shift = np.tile(fill, len(blocks))
+    else:
+        basis, share, method = principal_axes(
+            lambda: (_core_rows(g) for g in train_graphs), fill, r, int(seed)
+        )
+        width = r
+        shift = np.zeros(len(blocks) * r)  # every score average is centred near 0 already
+        scale = ComponentScale(basis, fill)
+    n_feat = len(blocks) * width
     # whole training samples, assigned to folds in turn (the floors' rule)
     n_folds = min(_MAX_FOLDS, len(train_graphs))
     folds = [RidgeStats(n_feat, n_genes, shift, fill) for _ in range(n_folds)]
     fill_t = torch.from_numpy(fill)
+    basis_t = None if basis is None else torch.from_numpy(basis)
     for i, graph in enumerate(train_graphs):
-        folds[i % n_folds].add(*_graph_features(graph, fill_t, blocks))
+        folds[i % n_folds].add(*_graph_features(graph, fill_t, basis_t, blocks))
     total = RidgeStats.total(folds)
     alphas = [a * total.n for a in grid]
 
     def columns(design: Sequence[str]) -> np.ndarray:
         return np.concatenate(
-            [np.arange(k * n_genes, (k + 1) * n_genes) for k, b in enumerate(blocks) if b in design]
+            [np.arange(k * width, (k + 1) * width) for k, b in enumerate(blocks) if b in design]
         )
 
     designs = sorted({d for head in part.heads for d in HEAD_DESIGNS[head]}, key=len)
@@ -130,7 +168,7 @@ def fit_linear_part(
     for fold in folds:
         rest = total - fold
         for d in designs:
-            cv_sse[d] += RidgePath(rest, columns(d)).sse(fold, alphas)
+            cv_sse[d] += RidgePath(rest, columns(d), scale).sse(fold, alphas)
     sst = sum(fold.sst() for fold in folds)
     varies = sst > 1e-12 * max(1.0, float(sst.max(initial=0.0)))
     if not varies.any():
@@ -138,6 +176,9 @@ def fit_linear_part(
             "model.linear_part: every gene is constant within the training samples, so "
             "cross-validation cannot choose the ridge penalty"
         )
+    # one eigendecomposition per design for the fit on all training samples, whatever the
+    # number of (design, penalty) options the genes pick
+    paths: dict[tuple[str, ...], RidgePath] = {}
     report: dict = {}
     for head in part.heads:
         options = HEAD_DESIGNS[head]
@@ -149,15 +190,17 @@ def fit_linear_part(
         else:
             pooled = 1.0 - sse[:, varies] / sst[varies]
             pick = np.full(n_genes, int(np.argmax(pooled.mean(axis=1))))
-        weight = np.zeros((len(blocks), n_genes, n_genes))
+        weight = np.zeros((len(blocks), width, n_genes))
         bias = np.zeros(n_genes)
         for option in np.unique(pick):
             design, alpha = options[option // len(alphas)], alphas[option % len(alphas)]
             genes = np.flatnonzero(pick == option)
-            w, b = RidgePath(total, columns(design)).coef(alpha)
+            if design not in paths:
+                paths[design] = RidgePath(total, columns(design), scale)
+            w, b = paths[design].coef(alpha)
             bias[genes] = b[genes]
             for j, name in enumerate(n for n in blocks if n in design):
-                weight[blocks.index(name)][:, genes] = w[j * n_genes : (j + 1) * n_genes, genes]
+                weight[blocks.index(name)][:, genes] = w[j * width : (j + 1) * width, genes]
         design_of_gene = [options[o // len(alphas)] for o in pick]
         used = np.array([any(b in d for d in design_of_gene) for b in blocks])
         with torch.no_grad():
@@ -173,6 +216,14 @@ def fit_linear_part(
         }
     with torch.no_grad():
         part.fill.copy_(torch.from_numpy(fill))
+        if basis is not None:
+            part.basis.copy_(torch.from_numpy(basis))
+    report["features"] = {
+        "averaged": "genes" if r is None else "components",
+        "n_components": int(width),
+        "explained_variance": float(share),
+        "pca": method,
+    }
     return report
 
 

@@ -6,6 +6,12 @@ unmasked expression. Masking a cell therefore changes nothing here, and the pred
 head whose deep part is switched off is exactly the ridge floor of
 ``interscale.tl.linear_baselines`` on the same design. The weights are buffers (not trained
 by the optimiser) written by ``interscale.model``'s closed-form fit.
+
+Large panels follow the floors' rule (:func:`interscale._ridge.auto_components`): above 256
+genes the blocks are averages of the cell scores ``(x - fill) @ basis`` on the top 256
+principal axes of the training cells, not of the genes. Averaging is linear, so these are
+the gene averages' components; the weights map them back to every gene, and a prediction
+costs ``N x 3 r x G`` instead of ``N x 3 G x G``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from interscale._ridge import auto_components
 
 __all__ = ["FEATURE_BLOCKS", "LinearPart", "neighbourhood_features"]
 
@@ -106,9 +114,11 @@ class LinearPart(nn.Module):
     """Per head: ``bias + sum_b features_b @ weight_b``, plus the shrinkage of the deep part.
 
     All tensors are buffers written by the closed-form fit: ``{head}_weight``
-    ``(len(FEATURE_BLOCKS), G, G)``, ``{head}_bias`` ``(G,)``, ``{head}_blocks`` (bool, which
-    blocks the head's design uses), ``{head}_gamma`` ``(G,)`` (the factor of the deep part in
-    [0, 1]; 1 while training) and ``fill`` ``(G,)`` (the training mean).
+    ``(len(FEATURE_BLOCKS), width, G)``, ``{head}_bias`` ``(G,)``, ``{head}_blocks`` (bool,
+    which blocks the head's design uses), ``{head}_gamma`` ``(G,)`` (the factor of the deep
+    part in [0, 1]; 1 while training) and ``fill`` ``(G,)`` (the training mean). ``width`` is
+    ``G`` when the genes are averaged; with components it is ``r`` and ``basis`` ``(G, r)``
+    holds the principal axes (the buffer exists only then, so a state dict says which).
 
     Parameters
     ----------
@@ -116,19 +126,46 @@ class LinearPart(nn.Module):
         Genes predicted (and averaged).
     heads
         Heads with a linear part (``"local"``, ``"global"``).
+    n_components
+        What is averaged: ``"auto"`` (default) the floors' rule, the genes up to 256 of them
+        and 256 principal components above; ``None`` the genes; an int ``r`` that many
+        components (the genes when ``r >= n_genes``).
     """
 
-    def __init__(self, n_genes: int, heads: Sequence[str]) -> None:
+    def __init__(
+        self, n_genes: int, heads: Sequence[str], n_components: int | str | None = "auto"
+    ) -> None:
         super().__init__()
         self.n_genes = int(n_genes)
         self.heads = tuple(heads)
+        self.register_buffer("fill", torch.zeros(self.n_genes))
+        self._build(_components(n_components, self.n_genes))
+
+    def _build(self, r: int | None) -> None:
+        """(Re)create the weight buffers for averages of the genes (``None``) or ``r`` scores."""
         g, k = self.n_genes, len(FEATURE_BLOCKS)
-        self.register_buffer("fill", torch.zeros(g))
+        self.n_components = r
+        width = g if r is None else r
+        if r is None:
+            self._buffers.pop("basis", None)
+        else:
+            self.register_buffer("basis", torch.zeros(g, r))
         for head in self.heads:
-            self.register_buffer(f"{head}_weight", torch.zeros(k, g, g))
+            self.register_buffer(f"{head}_weight", torch.zeros(k, width, g))
             self.register_buffer(f"{head}_bias", torch.zeros(g))
             self.register_buffer(f"{head}_blocks", torch.zeros(k, dtype=torch.bool))
             self.register_buffer(f"{head}_gamma", torch.ones(g))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A state dict records what was averaged by the presence of ``basis``: one written
+        # before components existed (or under another rule) loads in its own form.
+        basis = state_dict.get(prefix + "basis")
+        r = None if basis is None else int(basis.shape[1])
+        if r != self.n_components:
+            device = self.fill.device
+            self._build(r)
+            self.to(device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def blocks(self, head: str) -> list[str]:
         """Feature blocks the head's design uses."""
@@ -139,13 +176,26 @@ class LinearPart(nn.Module):
         """The per-gene factor of the head's deep part."""
         return getattr(self, f"{head}_gamma")
 
+    def sources(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What is averaged, ``(N, width)``, and what an empty neighbourhood gets instead.
+
+        The genes and the training mean; with components the scores ``(x - fill) @ basis``
+        and zeros (the training mean's scores).
+        """
+        fill = self.fill.to(device=x.device, dtype=x.dtype)
+        if self.n_components is None:
+            return x, fill
+        basis = self.basis.to(device=x.device, dtype=x.dtype)
+        return (x - fill) @ basis, x.new_zeros(self.n_components)
+
     def forward(
         self, x: torch.Tensor, edge_index: torch.Tensor, ptr: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """The linear prediction ``(N, G)`` of every head, from the unmasked expression."""
         needed = sorted({b for head in self.heads for b in self.blocks(head)})
         with torch.no_grad():
-            feats = neighbourhood_features(x.detach(), edge_index, ptr, self.fill, needed)
+            source, fill = self.sources(x.detach())
+            feats = neighbourhood_features(source, edge_index, ptr, fill, needed)
             out = {}
             for head in self.heads:
                 weight = getattr(self, f"{head}_weight").to(x.dtype)
@@ -154,3 +204,23 @@ class LinearPart(nn.Module):
                     pred = pred + feats[name] @ weight[FEATURE_BLOCKS.index(name)]
                 out[head] = pred
         return out
+
+
+def _components(n_components: int | str | None, n_genes: int) -> int | None:
+    """Number of components averaged, or ``None`` for the genes themselves."""
+    if isinstance(n_components, str):
+        if n_components != "auto":
+            raise ValueError(
+                f"LinearPart: n_components must be 'auto', None or an int >= 1, got "
+                f"{n_components!r}"
+            )
+        return auto_components(n_genes)
+    if n_components is None:
+        return None
+    if isinstance(n_components, bool) or not isinstance(n_components, int):
+        raise TypeError(
+            f"LinearPart: n_components must be 'auto', None or an int, got {n_components!r}"
+        )
+    if n_components < 1:
+        raise ValueError(f"LinearPart: n_components must be >= 1, got {n_components}")
+    return None if n_components >= n_genes else int(n_components)
