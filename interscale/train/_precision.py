@@ -5,13 +5,11 @@ linear layers and matrix products run in bfloat16, and the predictions are cast 
 before the loss, so the loss, its reduction and everything stored stay float32. ``"32"`` enters
 no context at all, so float32 runs are bit-identical to runs without this module.
 
-What autocast does to the attention softmax (measured with torch 2.13): on CPU, ``softmax``,
-``logsumexp`` and ``exp`` are not on autocast's float32 list, so they run in the dtype of their
-input. The blocked attention of :mod:`interscale.nn._attention` then receives bfloat16 queries,
-keys and values, takes its plain-tensor path (the fused CPU kernel accepts float32/float64 only)
-and keeps its row log-sum-exp in bfloat16 (reductions accumulate in float32 internally; the
-result is rounded to bfloat16). The measured effect on predictions is within the tolerance that
-``tests/test_precision.py`` states; a float32 log-sum-exp needs a cast inside that kernel.
+What autocast does to the attention: on CPU, ``softmax``, ``logsumexp`` and ``exp`` are not on
+autocast's float32 list (torch 2.13), so they would run in bfloat16. The blocked attention of
+:mod:`interscale.nn._attention` therefore leaves autocast for its softmax: it casts bfloat16
+queries, keys and values to float32, keeps the row maximum, the log-sum-exp and the
+accumulation in float32 (as its kernels need), and casts the output back to the input dtype.
 """
 
 from __future__ import annotations
