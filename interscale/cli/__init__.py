@@ -274,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("job", help="the main job: built-in data -> train -> outputs -> report")
-    p.add_argument("--config", help="YAML config (default: built-in defaults)")
+    p.add_argument("--config", help="YAML config (default: config_files/synthetic_example.yaml)")
     p.add_argument("--out", default="results/job")
     p.add_argument("--epochs", type=int)
     p.add_argument("--n-samples", type=int, dest="n_samples")
