@@ -27,7 +27,7 @@ from reproduce.docs import (
     stage_sources,
 )
 
-# `tox -e docs-test` (run by CI) sets INTERSCALE_DOCS_E2E=required: there a missing myst-nb or
+# `.ci/run` sets INTERSCALE_DOCS_E2E=required for `tox -e py`: there a missing myst-nb or
 # Chromium fails the end-to-end tests instead of skipping them.
 _E2E_REQUIRED = os.environ.get("INTERSCALE_DOCS_E2E") == "required"
 
