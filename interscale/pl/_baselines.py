@@ -12,21 +12,19 @@ import pandas as pd
 from anndata import AnnData
 
 from interscale._plotting import finish, require_columns
+from interscale.evaluation import floor_of
 
 _WHAT = "pl.baselines"
 _SINGLE_COLOR = "#005F73"
 _DIAGONAL_COLOR = "#C0392B"
 
 
-def _largest_hop(columns: Sequence[Any], pattern: str, example: str, arg: str) -> str:
-    """The column matching ``pattern`` (one group: the hop count) with the largest count."""
-    found = [(int(m.group(1)), str(c)) for c in columns if (m := re.fullmatch(pattern, str(c)))]
-    if not found:
-        raise KeyError(
-            f"{_WHAT}: df_baselines has no column like {example!r} (got {list(columns)}); "
-            f"pass {arg}=<column> to choose one"
-        )
-    return max(found)[1]
+def _default_floor(columns: Sequence[Any], which: str, arg: str) -> str:
+    """The floor of ``which`` head that the claims use (:func:`interscale.evaluation.floor_of`)."""
+    try:
+        return floor_of(columns, which)
+    except KeyError as exc:
+        raise KeyError(f"{_WHAT}: {exc.args[0]}; pass {arg}=<column> to choose one") from None
 
 
 def _describe(column: str) -> str:
@@ -218,11 +216,9 @@ def baselines(
     if len(df_ranks) == 0:
         raise ValueError(f"{_WHAT}: df_ranks is empty")
     if local_baseline is None:
-        local_baseline = _largest_hop(df_baselines.columns, r"hop(\d+)", "hop2", "local_baseline")
+        local_baseline = _default_floor(df_baselines.columns, "local", "local_baseline")
     if global_baseline is None:
-        global_baseline = _largest_hop(
-            df_baselines.columns, r"hop(\d+)_sample", "hop2_sample", "global_baseline"
-        )
+        global_baseline = _default_floor(df_baselines.columns, "global", "global_baseline")
     require_columns(df_baselines, [local_baseline, global_baseline], what=_WHAT)
 
     table = df_baselines.set_axis(df_baselines.index.astype(str), axis=0)
