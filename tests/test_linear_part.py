@@ -306,14 +306,14 @@ def test_on_osmfish_test_tiles_both_heads_clear_the_best_ridge_floor(osmfish_til
 # Above 256 genes the linear part averages the top 256 principal components of the training
 # cells, as linear_baselines(n_components="auto") does: the ridge on the standardised gene
 # averages restricted to that subspace. The numerical tests lower the rule's component count
-# (R_SMALL, through interscale._ridge.AUTO_COMPONENTS, which both the model's construction
+# (R_SMALL, through interscale._components.AUTO_COMPONENTS, which both the model's construction
 # and its loading read) to keep the designs small; the thousand-gene panel runs the rule as is.
 R_SMALL = 40
 
 
 @pytest.fixture
 def small_rule(monkeypatch):
-    monkeypatch.setattr("interscale._ridge.AUTO_COMPONENTS", R_SMALL)
+    monkeypatch.setattr("interscale._components.AUTO_COMPONENTS", R_SMALL)
 
 
 def _panel(n_genes, *, n_samples=6, cells=110, rank=None, dims=2, seed=0):
@@ -403,7 +403,7 @@ def test_a_large_panel_is_the_ridge_on_the_projected_averages(wide_panel, small_
 
 def test_components_spanning_the_layer_give_the_exact_linear_part(small_rule, monkeypatch):
     # components above 60 genes here, so that the exact path's designs stay small too
-    monkeypatch.setattr("interscale._ridge.AUTO_MAX_GENES", 60)
+    monkeypatch.setattr("interscale._components.AUTO_MAX_GENES", 60)
     adata = _panel(80, rank=12)  # rank <= 12 + 6 programs + mean < R_SMALL
     fits = {}
     for n_components in ("auto", None):

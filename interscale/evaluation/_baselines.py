@@ -17,16 +17,14 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from interscale._anndata import check_not_view, obs_column_codes
-from interscale._ridge import (
+from interscale._components import (
     AUTO_COMPONENTS,
     AUTO_MAX_GENES,
     EXACT_PCA_MAX_GENES,
     ComponentScale,
-    RidgePath,
-    RidgeStats,
-    group_folds,
     principal_axes,
 )
+from interscale._ridge import RidgePath, RidgeStats, group_folds
 from interscale._ridge import cv_r2 as ridge_cv_r2
 from interscale.evaluation._utils import _get_matrix, _Moments
 from interscale.names import Key
@@ -42,7 +40,7 @@ _ALPHA_GRID = tuple(10.0 ** np.arange(-6, 1))
 # unpenalised ridge turns that into a copy of the target on the training cells, which is
 # why the penalty is chosen on whole held-out training samples, never on cells.
 _MAX_FOLDS = 5
-# n_components="auto": the rule of interscale._ridge.auto_components, shared with the model.
+# n_components="auto": the rule of interscale._components.auto_components, shared with the model.
 _AUTO_MAX_GENES = AUTO_MAX_GENES
 _AUTO_COMPONENTS = AUTO_COMPONENTS
 # Principal axes from the exact covariance up to this many genes, else randomized.

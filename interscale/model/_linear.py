@@ -33,7 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from interscale._ridge import ComponentScale, RidgePath, RidgeStats, principal_axes
+from interscale._components import ComponentScale, principal_axes
+from interscale._ridge import RidgePath, RidgeStats
 from interscale.graphs import GraphBatch, SampleGraph
 from interscale.nn import FEATURE_BLOCKS, neighbourhood_features
 from interscale.train import fold_masks

@@ -7,7 +7,7 @@ head whose deep part is switched off is exactly the ridge floor of
 ``interscale.tl.linear_baselines`` on the same design. The weights are buffers (not trained
 by the optimiser) written by ``interscale.model``'s closed-form fit.
 
-Large panels follow the floors' rule (:func:`interscale._ridge.auto_components`): above 256
+Large panels follow the floors' rule (:func:`interscale._components.auto_components`): above 256
 genes the blocks are averages of the cell scores ``(x - fill) @ basis`` on the top 256
 principal axes of the training cells, not of the genes. Averaging is linear, so these are
 the gene averages' components; the weights map them back to every gene, and a prediction
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from interscale._ridge import auto_components
+from interscale._components import auto_components
 
 __all__ = ["FEATURE_BLOCKS", "LinearPart", "neighbourhood_features"]
 
