@@ -18,10 +18,9 @@ from anndata import AnnData
 
 from interscale._anndata import check_not_view, obs_column_codes
 from interscale._components import (
-    AUTO_COMPONENTS,
-    AUTO_MAX_GENES,
     EXACT_PCA_MAX_GENES,
     ComponentScale,
+    auto_components,
     principal_axes,
 )
 from interscale._ridge import RidgePath, RidgeStats, group_folds
@@ -40,9 +39,6 @@ _ALPHA_GRID = tuple(10.0 ** np.arange(-6, 1))
 # unpenalised ridge turns that into a copy of the target on the training cells, which is
 # why the penalty is chosen on whole held-out training samples, never on cells.
 _MAX_FOLDS = 5
-# n_components="auto": the rule of interscale._components.auto_components, shared with the model.
-_AUTO_MAX_GENES = AUTO_MAX_GENES
-_AUTO_COMPONENTS = AUTO_COMPONENTS
 # Principal axes from the exact covariance up to this many genes, else randomized.
 _EXACT_PCA_MAX_GENES = EXACT_PCA_MAX_GENES
 
@@ -68,7 +64,7 @@ def _check_components(n_components: Any, n_vars: int) -> int | None:
                 f"linear_baselines: n_components must be 'auto', None or an int >= 1, got "
                 f"{n_components!r}"
             )
-        return None if n_vars <= _AUTO_MAX_GENES else _AUTO_COMPONENTS
+        return auto_components(n_vars)  # the rule the model's linear part follows too
     if n_components is None:
         return None
     if isinstance(n_components, bool) or not isinstance(n_components, int | np.integer):

@@ -85,9 +85,8 @@ class BaseModel(TrainingMixin):
             :func:`interscale.pp.tile` with ``halo > 0``: ``f"{key_added}_halo"``), one column
             per category of the single sample key (the tile column). Each tile's graph then also
             encodes its halo cells as context; they are never masked, never in the loss and never
-            written as outputs of that tile. Halo cells of another split than their tile (one
-            section cut into tiles, then the tiles split) are left out of that tile's graph,
-            with a warning giving their number, so no graph mixes splits.
+            written as outputs of that tile. Halo cells of another split than their tile are
+            left out of its graph, with a warning giving their number.
 
         Raises
         ------
@@ -366,8 +365,8 @@ class BaseModel(TrainingMixin):
             AnnData with the same genes (default: the training AnnData); a view is accepted.
         cells
             Cells scored, as for ``calculate_gene_ranks``: None or ``"all"``, split names
-            (``["test"]``, ``"val,test"``) or a boolean mask with one entry per cell. Held-out
-            scores read ``"test"`` only: the validation samples chose the best epoch.
+            (``["test"]``, ``"val,test"``) or a boolean mask with one entry per cell; held out
+            means ``"test"`` (the validation samples chose the best epoch).
         split_key
             obs column of the split names (default: the split key of the setup).
         masked, progress_bar
