@@ -85,8 +85,7 @@ class BaseModel(TrainingMixin):
             :func:`interscale.pp.tile` with ``halo > 0``: ``f"{key_added}_halo"``), one column
             per category of the single sample key (the tile column). Each tile's graph then also
             encodes its halo cells as context; they are never masked, never in the loss and never
-            written as outputs of that tile. Halo cells of another split than their tile are
-            left out of its graph, with a warning giving their number.
+            written as outputs of that tile. Halo cells of another split are left out, warned.
 
         Raises
         ------
