@@ -3,9 +3,10 @@
 The fixture in ``tests/data/frozen_v1`` was written by ``tests/data/make_frozen_checkpoint.py``
 before the model/train refactor. Everywhere, training and the stored checkpoint's outputs must
 agree with the stored tensors to float32 rounding. Bit-identity is asserted on the machine kinds
-whose digests ``meta.json`` records (``bit_exact``: processor, torch build, CPU kernels and torch
-threads; the same AVX512 build rounds differently on Intel and AMD processors, and tox sets two
-threads); ``make_frozen_checkpoint.py --record-machine`` adds a kind.
+whose digests ``meta.json`` records (``bit_exact``: processor, torch build, CPU kernels, torch
+threads, and the C compiler and flags of InterScale's CPU attention kernel, built with
+``-march=native``; the same AVX512 build rounds differently on Intel and AMD processors, and tox
+sets two threads); ``make_frozen_checkpoint.py --record-machine`` adds a kind.
 """
 
 from __future__ import annotations
@@ -76,11 +77,17 @@ def test_seeded_training_gives_the_frozen_weights(cls):
         stored = torch.load(next(FROZEN.glob("*.pt")), weights_only=True)["state_dict"]
         trained = model.module.state_dict()
         assert list(trained) == list(stored)
-        # the attention's key bias has no true gradient (a softmax ignores a shift shared by
-        # all keys), so Adam turns rounding noise there into steps of about 1e-5 per epoch;
-        # every other weight agrees to 1e-7 across processors
+        # Asserted: the attention's in-projection bias, which holds the key bias, to 1e-4 (the
+        # key bias has no true gradient, since a softmax ignores a shift shared by all keys, so
+        # Adam turns rounding noise there into steps of about 1e-5 per epoch), every other
+        # weight to 1e-6 (rtol 1e-4)
         for key, tensor in stored.items():
-            _assert_close(trained[key].numpy(), tensor.numpy(), key, atol=1e-4)
+            atol = 1e-4 if _is_key_bias(key) else 1e-6
+            _assert_close(trained[key].numpy(), tensor.numpy(), key, atol=atol)
+
+
+def _is_key_bias(name: str) -> bool:
+    return name.endswith("self_attn.in_proj_bias")
 
 
 def test_training_and_outputs_with_deferred_expression_are_bit_identical(monkeypatch):

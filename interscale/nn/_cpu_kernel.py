@@ -57,10 +57,18 @@ _NATIVE = ("-march=native",)
 
 
 class CpuKernelStatus(NamedTuple):
-    """Whether the CPU kernel could be built, and the library or the reason."""
+    """Whether the CPU kernel could be built, and the library or the reason.
+
+    ``compiler`` (its path and the first line of its ``--version``) and ``flags`` name what
+    built the loaded library: with ``-march=native`` both decide its float rounding, so
+    bit-exact records (the frozen test fixture, the reproduction's records) store them. Both
+    are empty when the kernel is unavailable.
+    """
 
     available: bool
     detail: str
+    compiler: str = ""
+    flags: str = ""
 
 
 def _cache_dir() -> Path:
@@ -100,6 +108,17 @@ def _processor() -> str:
         return platform.processor() + platform.machine()
 
 
+@functools.cache
+def _compiler_version(compiler: str) -> str:
+    """The first line of ``compiler --version`` (empty when it prints nothing)."""
+    try:
+        run = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (run.stdout or run.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> str | None:
     """Compile the kernel to ``target`` atomically; None on success, else the compiler's words."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,20 +149,25 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 @functools.cache
-def _library() -> tuple[ctypes.CDLL | None, str]:
-    """Build (or find in the cache) and load the kernel; the library, or None and why."""
+def _library() -> tuple[ctypes.CDLL | None, str, str, str]:
+    """Build (or find in the cache) and load the kernel.
+
+    Returns the library, its path (or why there is none), the compiler and the flags.
+    """
     if not SOURCE.is_file():
-        return None, f"the kernel source {SOURCE} is missing from the installation"
+        return None, f"the kernel source {SOURCE} is missing from the installation", "", ""
     compilers = _compilers()
     if not compilers:
-        return None, "no C compiler found ($CC, cc, gcc or clang)"
+        return None, "no C compiler found ($CC, cc, gcc or clang)", "", ""
     source, processor = SOURCE.read_bytes(), _processor().encode()
     cache = _cache_dir()
     reasons = []
     for compiler in compilers:
+        # the version is part of the cache key: an upgraded compiler at the same path rebuilds
+        named = f"{compiler} ({_compiler_version(compiler)})"
         for flags in (_NATIVE + _FLAGS, _FLAGS):
             key = hashlib.sha256()
-            for part in (source, compiler.encode(), " ".join(flags).encode(), processor):
+            for part in (source, named.encode(), " ".join(flags).encode(), processor):
                 key.update(part)
             target = cache / f"cpu_attention_{key.hexdigest()[:20]}.so"
             if not target.is_file():
@@ -155,10 +179,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
                     reasons.append(f"{Path(compiler).name} {' '.join(flags)}: {error}")
                     continue
             try:
-                return _declare(ctypes.CDLL(str(target))), str(target)
+                return _declare(ctypes.CDLL(str(target))), str(target), named, " ".join(flags)
             except OSError as exc:
                 reasons.append(f"loading {target}: {exc}")
-    return None, "the kernel did not compile: " + "; ".join(reasons)
+    return None, "the kernel did not compile: " + "; ".join(reasons), "", ""
 
 
 def cpu_kernel_status() -> CpuKernelStatus:
@@ -167,10 +191,11 @@ def cpu_kernel_status() -> CpuKernelStatus:
     Returns
     -------
     CpuKernelStatus
-        ``available`` and, in ``detail``, the loaded library's path or why it is unavailable.
+        ``available``; in ``detail``, the loaded library's path or why it is unavailable; the
+        ``compiler`` and ``flags`` that built it.
     """
-    lib, detail = _library()
-    return CpuKernelStatus(lib is not None, detail)
+    lib, detail, compiler, flags = _library()
+    return CpuKernelStatus(lib is not None, detail, compiler, flags)
 
 
 def cpu_kernel_available(tensor: Tensor) -> bool:

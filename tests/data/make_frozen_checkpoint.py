@@ -86,7 +86,10 @@ OUTPUT_KEYS = {
 
 
 def machine_fingerprint() -> dict[str, object]:
-    """What decides the rounding of a CPU run: processor, torch build, kernels, threads."""
+    """What decides the rounding of a CPU run: processor, torch build, kernels, threads, and the
+    C compiler and flags that built InterScale's CPU attention kernel (``-march=native``)."""
+    from interscale.nn import cpu_kernel_status
+
     cpu: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
@@ -99,11 +102,13 @@ def machine_fingerprint() -> dict[str, object]:
                     break
     except OSError:
         cpu = {"processor": platform.processor() or platform.machine()}
+    kernel = cpu_kernel_status()
     return {
         "cpu": cpu,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_kernel": {"compiler": kernel.compiler, "flags": kernel.flags},
     }
 
 
