@@ -31,6 +31,11 @@ config_path = "config_files/synthetic_example.yaml"
 config_overrides = {}  # e.g. {"optim.lr": 0.005}: settings changed on top of config_path
 device = "cpu"
 legnini_csv = ""
+# For the reproduction's checks only (python -m reproduce --sabotage), which show that its bands
+# reject a model that never learned: "none", "training_mean" (both heads predict each gene's
+# training mean), "shuffled_coordinates" (cells' positions permuted within each organoid),
+# "permuted_genes" (gene names and planted programs reassigned to the expression columns)
+sabotage = "none"
 """
 
 COMMON_IMPORTS = '''\
@@ -112,6 +117,14 @@ SETUP = _nb(
             "        cells_per_sample=(cells_per_sample_min, cells_per_sample_max),\n"
             "        seed=seed,\n"
             "    )\n"
+            'if sabotage not in ("none", "training_mean", "shuffled_coordinates", "permuted_genes"):\n'
+            '    raise ValueError(f"unknown sabotage {sabotage!r}")\n'
+            "rng = np.random.default_rng(seed)\n"
+            'if sabotage == "shuffled_coordinates":\n'
+            '    for rows in adata.obs.groupby("sample", observed=True).indices.values():\n'
+            '        adata.obsm["spatial"][rows] = adata.obsm["spatial"][rng.permutation(rows)]\n'
+            'if sabotage == "permuted_genes":\n'
+            "    adata.var = adata.var.iloc[rng.permutation(adata.n_vars)]\n"
             "adata"
         ),
         md("## Quality control and normalisation"),
@@ -222,6 +235,8 @@ TRAINING = _nb(
         code(
             'ckpt = model.save(data_dir / "model", overwrite=True)\n'
             "model.get_model_output(adata)\n"
+            'if sabotage == "training_mean":\n'
+            "    isc.evaluation.training_mean_predictions(adata, cfg.dataset.layer_key, cfg.dataset.split_key)\n"
             'write_h5ad(adata, data_dir / "trained.h5ad")\n'
             "print(ckpt)"
         ),
@@ -534,6 +549,8 @@ ATTENTION = _nb(
             "    m = isc.model.CombinedModel(a, c)\n"
             "    m.train(accelerator=device, progress_bar=False)\n"
             "    m.get_model_output(a)\n"
+            '    if sabotage == "training_mean":\n'
+            "        isc.evaluation.training_mean_predictions(a, c.dataset.layer_key, c.dataset.split_key)\n"
             "    return a\n\n\n"
             'scoped = {"neighbourhood": train_scope("neighbourhood")}\n'
             'scoped["full"] = adata if scope_epochs == epochs else train_scope("full")\n'

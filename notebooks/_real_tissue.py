@@ -23,10 +23,11 @@ tissue_n_neighbours = 10
 tissue_n_boot = 200
 tissue_marker = "Rorb"
 tissue_config_overrides = {}  # settings changed on top of tutorial_config(), e.g. {"optim.lr": 0.005}
-# Only for the tests, which show that the expected values reject a model that never learned:
-# "none"; "training_mean" (both heads predict each gene's training mean); "shuffled_coordinates"
-# (the cells' positions permuted before tiling, so that no neighbourhood means anything)
-tissue_sabotage = "none"
+# For the reproduction's checks only (python -m reproduce --sabotage), which show that its bands
+# reject a model that never learned: "none", "training_mean" (both heads predict each gene's
+# training mean), "shuffled_coordinates" (the cells' positions permuted before tiling, so that
+# no neighbourhood means anything), "permuted_genes" (gene names reassigned to the columns)
+sabotage = "none"
 data_dir = "reproduce/_build/notebooks/data"
 out_dir = "reproduce/_build/notebooks/metrics"
 device = "cpu"
@@ -53,10 +54,13 @@ CELLS = [
         "from interscale.config import tutorial_config, with_overrides\n"
         "from interscale.evaluation import calculate_gene_ranks\n\n"
         "adata = isc.datasets.osmfish()\n"
-        'if tissue_sabotage not in ("none", "training_mean", "shuffled_coordinates"):\n'
-        '    raise ValueError(f"unknown tissue_sabotage {tissue_sabotage!r}")\n'
-        'if tissue_sabotage == "shuffled_coordinates":\n'
-        '    adata.obsm["spatial"] = adata.obsm["spatial"][np.random.default_rng(tissue_seed).permutation(adata.n_obs)]\n'
+        'if sabotage not in ("none", "training_mean", "shuffled_coordinates", "permuted_genes"):\n'
+        '    raise ValueError(f"unknown sabotage {sabotage!r}")\n'
+        "rng = np.random.default_rng(tissue_seed)\n"
+        'if sabotage == "shuffled_coordinates":\n'
+        '    adata.obsm["spatial"] = adata.obsm["spatial"][rng.permutation(adata.n_obs)]\n'
+        'if sabotage == "permuted_genes":\n'
+        "    adata.var = adata.var.iloc[rng.permutation(adata.n_vars)]\n"
         "adata",
     ),
     (
@@ -140,9 +144,8 @@ CELLS = [
         "ax.set_title(f\"trained on {n_tiles['train']} tiles, stopped on {n_tiles['val']}\")\n"
         "plt.show()\n"
         "model.get_model_output(adata)\n"
-        'if tissue_sabotage == "training_mean":\n'
-        "    from reproduce._metrics import mean_predictions\n\n"
-        '    mean_predictions(adata, layer="log1p_norm", split_key="split")\n'
+        'if sabotage == "training_mean":\n'
+        '    isc.evaluation.training_mean_predictions(adata, "log1p_norm", "split")\n'
         "print(f\"{len(history)} epochs, best {model.best_epoch_}, {history['seconds'].sum():.0f} s of training\")",
     ),
     (

@@ -8,7 +8,12 @@ from interscale.evaluation._claims import (
     floor_of,
 )
 from interscale.evaluation._dims import calculate_dim_importance, get_genes_dim
-from interscale.evaluation._heldout import auroc_with_reason, heldout_r2, report_cells
+from interscale.evaluation._heldout import (
+    auroc_with_reason,
+    heldout_r2,
+    report_cells,
+    training_mean_predictions,
+)
 from interscale.evaluation._latent import latent_correlation_matrix, latent_rank_report
 from interscale.evaluation._loadings import gene_loadings
 from interscale.evaluation._ranks import (
@@ -36,4 +41,5 @@ __all__ = [
     "latent_rank_report",
     "linear_baselines",
     "report_cells",
+    "training_mean_predictions",
 ]

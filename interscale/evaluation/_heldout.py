@@ -19,7 +19,13 @@ from interscale.evaluation._claims import auroc_rank_difference
 from interscale.evaluation._ranks import r2_per_gene
 from interscale.evaluation._utils import _get_matrix
 
-__all__ = ["HELDOUT_SPLITS", "auroc_with_reason", "heldout_r2", "report_cells"]
+__all__ = [
+    "HELDOUT_SPLITS",
+    "auroc_with_reason",
+    "heldout_r2",
+    "report_cells",
+    "training_mean_predictions",
+]
 
 # The splits whose samples neither training nor early stopping saw (val picks the best epoch).
 HELDOUT_SPLITS = ("test",)
@@ -175,3 +181,53 @@ def _describe(ranks: pd.DataFrame) -> dict[str, Any]:
     if "bootstrap" in ranks.attrs:
         out["bootstrap"] = dict(ranks.attrs["bootstrap"])
     return out
+
+
+def training_mean_predictions(
+    adata: AnnData,
+    layer: str,
+    split_key: str = "split",
+    train: str = "train",
+    pred_keys: Sequence[str] = ("_y_pred_local", "_y_pred_global"),
+) -> None:
+    """Write each gene's training mean into prediction layers: a model that learned nothing.
+
+    Scored like a model's output, this reference shows what a score is worth: a per-gene R^2
+    on held-out cells of at most 0 (the held-out mean does at least as well as the training
+    mean), a rank difference of 0 for every gene. The reproduction's checks use it to show that
+    their bands reject a predictor without any skill.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``layer`` and the split column; the ``pred_keys`` layers are (over)written
+        with float32 copies.
+    layer
+        Layer whose training mean is predicted.
+    split_key
+        obs column with the split.
+    train
+        Split value of the training cells.
+    pred_keys
+        Layers to write (default: the prediction layers of both heads).
+
+    Raises
+    ------
+    KeyError
+        ``layer`` or ``split_key`` is missing.
+    ValueError
+        No cell has the split value ``train``.
+    """
+    if layer not in adata.layers:
+        raise KeyError(f"training_mean_predictions: layer {layer!r} not in adata.layers")
+    if split_key not in adata.obs:
+        raise KeyError(f"training_mean_predictions: split column {split_key!r} not in adata.obs")
+    rows = np.flatnonzero(adata.obs[split_key].astype(str).to_numpy() == train)
+    if rows.size == 0:
+        raise ValueError(
+            f"training_mean_predictions: no cell has {split_key!r} == {train!r}; "
+            f"values present: {sorted(adata.obs[split_key].astype(str).unique())}"
+        )
+    mean = np.asarray(adata.layers[layer][rows].mean(axis=0), dtype=np.float32).ravel()
+    for key in pred_keys:
+        adata.layers[key] = np.broadcast_to(mean, (adata.n_obs, adata.n_vars)).copy()
