@@ -6,6 +6,7 @@ executed notebooks and their HTML under ``reproduce/_build/<profile>/``, gathers
 ``reproduce/expected/<profile>.json``.
 """
 
-from reproduce._runner import check_metrics, compare, load_expected, main, run_profile
+from reproduce._bands import check_metrics, compare, load_expected
+from reproduce._runner import main, run_profile
 
 __all__ = ["check_metrics", "compare", "load_expected", "main", "run_profile"]

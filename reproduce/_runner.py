@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -16,6 +15,16 @@ from typing import Any
 import yaml
 
 from interscale._io import atomic_write_text
+from reproduce._bands import compare, format_table, load_expected, summary_line
+from reproduce._sabotage import (
+    band_matrix,
+    broken_claims,
+    format_matrix,
+    parse_kinds,
+    provenance,
+    sabotaged_parameters,
+    unearned,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 _HERE = Path(__file__).resolve().parent
@@ -26,153 +35,6 @@ _NONDETERMINISTIC = ("seconds",)
 def _write_text_atomic(text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(text, path)
-
-
-def load_expected(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Read and validate an expected-metrics file.
-
-    Parameters
-    ----------
-    path
-        JSON file mapping metric name to a spec: ``{"value": x, "rtol": r, "atol": a}`` (either
-        tolerance optional, both default 0; a string or null ``value`` is compared exactly) or
-        ``{"min": a, "max": b}`` (either bound optional), each with a one-line ``"reason"``.
-        Keys starting with ``_`` are comments.
-
-    Returns
-    -------
-    dict
-        Metric name -> spec.
-
-    Raises
-    ------
-    FileNotFoundError
-        The file does not exist.
-    ValueError
-        A spec has neither ``value`` nor ``min``/``max``, or both.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"expected-metrics file not found: {path}")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be an object of metric specs")
-    specs = {}
-    for name, spec in data.items():
-        if name.startswith("_"):
-            continue
-        if not isinstance(spec, dict):
-            raise ValueError(f"{path}: spec of {name!r} must be an object, got {spec!r}")
-        has_value = "value" in spec
-        has_range = "min" in spec or "max" in spec
-        if has_value == has_range:
-            raise ValueError(f"{path}: spec of {name!r} needs either 'value' or 'min'/'max'")
-        specs[name] = spec
-    return specs
-
-
-def _describe(spec: Mapping[str, Any]) -> str:
-    if "value" in spec:
-        tol = [f"{k}={spec[k]:g}" for k in ("rtol", "atol") if k in spec]
-        return f"{spec['value']!r}" + (f" ({', '.join(tol)})" if tol else "")
-    lo, hi = spec.get("min"), spec.get("max")
-    return f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
-
-
-def check_metrics(got: Any, spec: Mapping[str, Any]) -> bool:
-    """Whether one metric value satisfies its spec (see :func:`load_expected`).
-
-    Parameters
-    ----------
-    got
-        The measured value (a number, a string or None).
-    spec
-        The expected spec.
-
-    Returns
-    -------
-    bool
-        True when the value is within the tolerance or the range. A non-finite number, or a
-        missing value where a number is expected, never passes.
-    """
-    if "value" in spec:
-        want = spec["value"]
-        if isinstance(want, bool) or not isinstance(want, (int, float)):
-            return got == want
-        if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
-            return False
-        tol = float(spec.get("atol", 0.0)) + float(spec.get("rtol", 0.0)) * abs(want)
-        return abs(got - want) <= tol
-    if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
-        return False
-    lo, hi = spec.get("min"), spec.get("max")
-    return (lo is None or got >= lo) and (hi is None or got <= hi)
-
-
-def compare(
-    metrics: Mapping[str, Any], expected: Mapping[str, Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """Compare gathered metrics with the expected specs.
-
-    Parameters
-    ----------
-    metrics
-        Metric name -> measured value.
-    expected
-        Metric name -> spec (see :func:`load_expected`).
-
-    Returns
-    -------
-    list of dict
-        One row per expected metric (``metric``, ``expected``, ``got``, ``ok``), then one per
-        measured metric without an expectation (``ok`` None). A missing metric fails.
-    """
-    rows = []
-    for name, spec in expected.items():
-        if name not in metrics:
-            rows.append(
-                {"metric": name, "expected": _describe(spec), "got": "MISSING", "ok": False}
-            )
-            continue
-        got = metrics[name]
-        rows.append(
-            {
-                "metric": name,
-                "expected": _describe(spec),
-                "got": got,
-                "ok": check_metrics(got, spec),
-            }
-        )
-    for name in sorted(set(metrics) - set(expected)):
-        rows.append({"metric": name, "expected": "(not checked)", "got": metrics[name], "ok": None})
-    return rows
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The comparison rows as a fixed-width text table."""
-    header = ("metric", "expected", "got", "ok")
-    body = [
-        (
-            r["metric"],
-            r["expected"],
-            _fmt(r["got"]),
-            {True: "ok", False: "MISS", None: "-"}[r["ok"]],
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(4)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
-        for line in [header, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _gather_metrics(metrics_dir: Path) -> dict[str, Any]:
@@ -209,6 +71,7 @@ def run_profile(
     profiles: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     only: str | None = None,
+    sabotage: str | None = None,
 ) -> dict[str, Any]:
     """Execute every ``<digit>*.ipynb`` notebook of a folder in order with papermill.
 
@@ -233,6 +96,10 @@ def run_profile(
         Run only the notebooks whose number is ``only`` (e.g. ``"4"`` for
         ``4_real_tissue.ipynb``); the metrics of the other notebooks in the build folder are
         kept. None runs every notebook.
+    sabotage
+        A key of :data:`reproduce._sabotage.SABOTAGES`: the profile's parameters with that
+        sabotage applied on top (a model that must miss the ``model`` bands). None: as the
+        profile says.
 
     Returns
     -------
@@ -266,6 +133,8 @@ def run_profile(
         which = "" if only is None else f" numbered {only}"
         raise FileNotFoundError(f"no notebooks (<digit>*.ipynb{which}) in {nb_dir}")
     params = yaml.safe_load(prof_path.read_text()) or {}
+    if sabotage is not None:
+        params = sabotaged_parameters(params, sabotage, set().union(*declared.values()))
     unknown = sorted(set(params) - set().union(*declared.values()))
     if unknown:
         raise ValueError(f"{prof_path}: no notebook declares the parameter(s) {unknown}")
@@ -284,7 +153,8 @@ def run_profile(
     result: dict[str, Any] = {"failed": None, "error": None, "seconds": {}, "out": str(out)}
     for path in paths:
         target = out / path.name
-        print(f"[reproduce] {profile}: running {path.name}", flush=True)
+        which = "" if sabotage is None else f" (sabotage {sabotage})"
+        print(f"[reproduce] {profile}{which}: running {path.name}", flush=True)
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(
@@ -350,12 +220,72 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         help="run only the notebook with this number (e.g. 4) and check only its metrics",
     )
+    p.add_argument(
+        "--sabotage",
+        metavar="KINDS",
+        help="after the good run, run the notebooks once per sabotage ('all' or a comma list "
+        "of one_epoch, tiny_lr, training_mean, shuffled_coordinates, permuted_genes) and fail "
+        "unless every model band is missed by at least one",
+    )
+    p.add_argument(
+        "--record",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="write the good run's (and the sabotaged runs') metrics, with the commit and the "
+        "environment, to PATH (default reproduce/expected/<profile>_run.json)",
+    )
     return p
+
+
+def _select(metrics: Mapping[str, Any], only: str | None) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if only is None or k.split(".", 1)[0] == only}
+
+
+def _run_sabotages(
+    args: argparse.Namespace, out: Path, kinds: list[str], expected: Mapping, good: Mapping
+) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Run every sabotage, print the band-by-sabotage table; the runs and whether all is well."""
+    runs: dict[str, dict[str, Any]] = {}
+    ok = True
+    for kind in kinds:
+        res = run_profile(
+            args.profile,
+            out=out / "sabotage" / kind,
+            device=args.device,
+            notebooks=args.notebooks,
+            profiles=args.profiles,
+            cwd=args.cwd,
+            only=args.only,
+            sabotage=kind,
+        )
+        if res["failed"]:
+            print(f"FAILED sabotage {kind}: {res['failed']}: {res['error']}", file=sys.stderr)
+            ok = False
+        runs[kind] = {"metrics": _select(res["metrics"], args.only), "seconds": res["seconds"]}
+    rows = band_matrix(expected, good, {k: r["metrics"] for k, r in runs.items()})
+    table = format_matrix(rows)
+    _write_text_atomic(table + "\n", out / "sabotage.md")
+    print(f"\nband by sabotage (also in {out / 'sabotage.md'}):\n{table}")
+    missing = unearned(rows)
+    if missing:
+        print(f"UNEARNED: model bands that no sabotage misses: {missing}", file=sys.stderr)
+        ok = False
+    broken = broken_claims(rows, expected)
+    if broken:
+        print(f"BROKEN: bands that let a sabotage they reject pass: {broken}", file=sys.stderr)
+        ok = False
+    return runs, ok
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a profile, print the comparison table; 0 when everything passes, else 1."""
     args = _parser().parse_args(argv)
+    try:
+        kinds = parse_kinds(args.sabotage) if args.sabotage else []
+    except ValueError as exc:
+        print(f"reproduce: error: {exc}", file=sys.stderr)
+        return 2
     expected_path = Path(args.expected or _HERE / "expected" / f"{args.profile}.json")
     try:
         expected = load_expected(expected_path)
@@ -381,12 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         if res["failed"]:
             break
     res = results[0]
-    metrics = res["metrics"]
-    if args.only is not None:
-        metrics = {k: v for k, v in metrics.items() if k.split(".", 1)[0] == args.only}
+    metrics = _select(res["metrics"], args.only)
     rows = compare(metrics, expected)
     print()
     print(format_table(rows))
+    print(summary_line(rows))
     total = sum(res["seconds"].values())
     print(f"\nnotebooks: {', '.join(f'{k} {v:.0f}s' for k, v in res['seconds'].items())}")
     print(f"total: {total:.0f} s; executed notebooks and HTML in {res['out']}")
@@ -409,5 +338,19 @@ def main(argv: list[str] | None = None) -> int:
                 ok = False
             else:
                 print(f"determinism: metrics and obsm sha256 identical ({sorted(hashes[0])})")
+    runs: dict[str, dict[str, Any]] = {}
+    if kinds and not failed:
+        runs, sabotage_ok = _run_sabotages(args, out, kinds, expected, metrics)
+        ok = ok and sabotage_ok
+    if args.record is not None and not failed:
+        record = {
+            "provenance": provenance(["python", "-m", "reproduce", *(argv or sys.argv[1:])]),
+            "metrics": metrics,
+            "seconds": res["seconds"],
+            "sabotage": runs,
+        }
+        target = Path(args.record or _HERE / "expected" / f"{args.profile}_run.json")
+        _write_text_atomic(json.dumps(record, indent=1, sort_keys=True) + "\n", target)
+        print(f"recorded {target}")
     print("reproduce: OK" if ok else "reproduce: FAILED")
     return 0 if ok else 1

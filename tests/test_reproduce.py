@@ -74,8 +74,13 @@ def _run(tmp_path: Path, body: str, expected: dict) -> subprocess.CompletedProce
 
 def test_passing_notebook_exits_zero_and_writes_html(tmp_path):
     expected = {
-        "0.value": {"value": 2.5, "rtol": 1e-9, "reason": "profile parameter reaches the notebook"},
-        "0.name": {"value": "x", "reason": "strings compare exactly"},
+        "0.value": {
+            "value": 2.5,
+            "rtol": 1e-9,
+            "reason": "profile parameter reaches the notebook",
+            "group": "model",
+        },
+        "0.name": {"value": "x", "reason": "strings compare exactly", "group": "set-up"},
     }
     proc = _run(tmp_path, _WRITE_METRICS, expected)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -85,14 +90,16 @@ def test_passing_notebook_exits_zero_and_writes_html(tmp_path):
 
 
 def test_metric_miss_exits_one(tmp_path):
-    expected = {"0.value": {"min": 3.0, "max": 4.0, "reason": "deliberately wrong"}}
+    expected = {
+        "0.value": {"min": 3.0, "max": 4.0, "reason": "deliberately wrong", "group": "model"}
+    }
     proc = _run(tmp_path, _WRITE_METRICS, expected)
     assert proc.returncode == 1
     assert "MISS" in proc.stdout
 
 
 def test_raising_notebook_exits_one(tmp_path):
-    expected = {"0.value": {"value": 2.5, "reason": "never written"}}
+    expected = {"0.value": {"value": 2.5, "reason": "never written", "group": "model"}}
     proc = _run(tmp_path, "raise RuntimeError('boom')", expected)
     assert proc.returncode == 1
     assert "0_tiny.ipynb" in proc.stderr and "boom" in proc.stderr
@@ -133,8 +140,11 @@ def test_tolerance_matches_brute_force(want, got, rtol, atol):
 
 def test_bad_expected_file(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"x": {"reason": "neither value nor range"}}))
+    bad.write_text(json.dumps({"x": {"reason": "neither value nor range", "group": "model"}}))
     with pytest.raises(ValueError, match="'x'"):
+        load_expected(bad)
+    bad.write_text(json.dumps({"y": {"min": 0, "reason": "no group"}}))
+    with pytest.raises(ValueError, match="'y' has group None"):
         load_expected(bad)
     with pytest.raises(FileNotFoundError):
         load_expected(tmp_path / "absent.json")
@@ -183,8 +193,16 @@ def test_only_runs_one_notebook_and_checks_its_metrics(tmp_path):
     (tmp_path / "expected.json").write_text(
         json.dumps(
             {
-                "0.value": {"value": 100.0, "reason": "notebook 0 is not run: never checked"},
-                "1.value": {"value": 2.5, "reason": "the profile's parameter reaches notebook 1"},
+                "0.value": {
+                    "value": 100.0,
+                    "reason": "notebook 0 is not run: never checked",
+                    "group": "model",
+                },
+                "1.value": {
+                    "value": 2.5,
+                    "reason": "the profile's parameter reaches notebook 1",
+                    "group": "model",
+                },
             }
         )
     )
@@ -207,3 +225,62 @@ def test_a_parameter_no_notebook_declares_stops_the_run(tmp_path):
     proc = _run_args(tmp_path)
     assert proc.returncode != 0
     assert "['valu']" in proc.stderr and not (tmp_path / "build" / "0_tiny.ipynb").exists()
+
+
+_SABOTAGE_NB_PARAMS = (
+    "out_dir = 'm'\ndata_dir = 'd'\ndevice = 'cpu'\nepochs = 5\nconfig_overrides = {}\n"
+    "sabotage = 'none'"
+)
+_SABOTAGE_BODY = (
+    "import json, pathlib\n"
+    "p = pathlib.Path(out_dir); p.mkdir(parents=True, exist_ok=True)\n"
+    "lr = config_overrides.get('optim.lr', 0.01)\n"
+    "m = {'epochs': epochs, 'lr': lr, 'mean': sabotage == 'training_mean', 'n': 3}\n"
+    "(p / 'metrics_0.json').write_text(json.dumps(m))\n"
+)
+
+
+def _sabotage_setup(tmp_path: Path, expected: dict) -> None:
+    (tmp_path / "nbs").mkdir()
+    (tmp_path / "profiles").mkdir()
+    params = new_code_cell(_SABOTAGE_NB_PARAMS)
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(
+        cells=[params, new_code_cell(_SABOTAGE_BODY)],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    nbformat.write(nb, tmp_path / "nbs" / "0_tiny.ipynb")
+    (tmp_path / "profiles" / "tiny.yaml").write_text("epochs: 7\nconfig_overrides: {}\n")
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+
+
+def test_sabotaged_runs_use_their_own_metrics_and_each_model_band_must_be_missed(tmp_path):
+    """--sabotage reruns the notebooks with the sabotage's parameters; a model band that no
+    sabotaged run misses fails the run, a set-up band does not."""
+    bands = {
+        "0.epochs": {"min": 3, "reason": "trained long enough", "group": "model"},
+        "0.lr": {"min": 1e-6, "reason": "a real learning rate", "group": "model"},
+        "0.mean": {"value": False, "reason": "a model, not the mean", "group": "model"},
+        "0.n": {"value": 3, "reason": "same for any model", "group": "set-up"},
+    }
+    _sabotage_setup(tmp_path, bands)
+    record = tmp_path / "record.json"
+    kinds = "one_epoch,tiny_lr,training_mean"
+    proc = _run_args(tmp_path, "--sabotage", kinds, "--record", str(record))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = json.loads(record.read_text())
+    assert runs["metrics"]["0.epochs"] == 7
+    sabotaged = {k: v["metrics"] for k, v in runs["sabotage"].items()}
+    assert sabotaged["one_epoch"]["0.epochs"] == 1 and sabotaged["tiny_lr"]["0.lr"] == 1e-9
+    assert sabotaged["training_mean"]["0.mean"] is True
+    assert runs["provenance"]["commit"] and "torch" in runs["provenance"]
+    table = (tmp_path / "build" / "sabotage.md").read_text()
+    assert "| 0.n | set-up | 3 | 3 | 3 | 3 | none |" in table
+    # without the training-mean sabotage, nothing misses 0.mean: the run fails and says so
+    proc = _run_args(tmp_path, "--sabotage", "one_epoch,tiny_lr")
+    assert proc.returncode == 1
+    assert "UNEARNED" in proc.stderr and "0.mean" in proc.stderr
+    proc = _run_args(tmp_path, "--sabotage", "one_epoch,bogus")
+    assert proc.returncode == 2 and "bogus" in proc.stderr
