@@ -30,6 +30,7 @@ from interscale.model._outputs import model_gene_r2, model_output, record_output
 from interscale.model._setup import check_unique_genes, setup_anndata
 from interscale.model._training import TrainingMixin
 from interscale.names import Key
+from interscale.nn import describe_attention
 from interscale.pp import spatial_graph_from_config
 
 __all__ = ["BaseModel"]
@@ -258,9 +259,8 @@ class BaseModel(TrainingMixin):
             )
         total = count(m)
         lines.append(f"  {'total':<38} {total:>9,d} params")
-        gp = self.cfg.model.global_component.parameters
         if self._global:
-            lines.append(f"  attention scope: {gp.attention}")
+            lines.append(f"  {describe_attention(self.cfg, self.device)}")
         lines.append(f"  spatial graph: {self.graph_source_}")
         return "\n".join(lines)
 

@@ -8,9 +8,11 @@ import importlib
 _EXPORTS = {
     "ATTENTION_SCOPES": "_attention",
     "AttentionWeights": "_attention",
+    "attention_kernel": "_kernel_choice",
     "CpuKernelStatus": "_cpu_kernel",
     "cpu_kernel_status": "_cpu_kernel",
     "DECODER_KINDS": "_decoders",
+    "describe_attention": "_kernel_choice",
     "LinearDecoder": "_decoders",
     "LinearLSEDecoder": "_decoders",
     "NonLinearDecoder": "_decoders",

@@ -23,8 +23,9 @@ entries of row ``q`` (unrolled, ``K`` loads per evaluated element: the table is 
 
 Kernels
 -------
-On CUDA the fused kernel (``torch.compile(flex_attention)``, compiled once per bucket and cached by
-``torch.compile``) computes forward and backward; the block mask is built once per forward from the
+On CUDA the fused kernel (``torch.compile(flex_attention)``, compiled once per bucket and grad
+mode under a recompile limit of its own, with a loud eager fallback: :mod:`._flex_compile`)
+computes forward and backward; the block mask is built once per forward from the
 sample ranges (:meth:`PackedLayout.block_lists`: no ``L x L`` evaluation) and shared by every
 layer and head.  Tiles joining two samples are skipped, so the work is ``sum_b S_b^2`` rounded to
 128 x 128 tiles; under ``full`` the off-diagonal tiles inside a sample skip the mask_mod, under
@@ -32,7 +33,9 @@ layer and head.  Tiles joining two samples are skipped, so the work is ``sum_b S
 dense ``[L / 128, L / 128]`` (at 1,000,000 cells about 61 M entries: 0.25 GB of int32 indices,
 plus a transient argsort).  ``auto`` leaves this path under deterministic algorithms
 (:func:`resolve_kernel`): bit-reproducibility of the fused backward (its ``dQ`` write order) is
-not established here, while the blocked path is bit-reproducible.
+not established here, while the blocked path is bit-reproducible; so a reproduction under
+:func:`interscale.tl.set_full_reproducibility` runs the blocked ``math`` kernel on CUDA
+(:func:`interscale.nn.attention_kernel` names the kernel that runs).
 On CPU FlexAttention runs eagerly (it materialises the scores: tests and small inputs only) and
 has no backward in PyTorch; here the backward is computed sample by sample in row chunks from the
 forward's output and log-sum-exp with the same mask (the blocked algorithm's maths).  ``auto``
@@ -50,7 +53,6 @@ at this width, are unchanged.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from functools import cache
 from itertools import pairwise
@@ -59,6 +61,7 @@ import torch
 from torch import Tensor
 
 from ._attention import AttentionWeights, _bwd_math, blocked_attention_weights
+from ._flex_compile import _flex_module, call_compiled, flex_available, quiet_eager
 
 __all__ = [
     "MIN_HEAD_DIM",
@@ -76,30 +79,9 @@ MIN_HEAD_DIM = 16
 BUCKET = 128
 # Score entries materialised at once by the CPU backward (heads x rows x keys), 4 MiB in float32.
 _CHUNK_ELEMENTS = 2**20
-_EAGER_WARNING = "flex_attention called without torch.compile"
 
 
-@cache
-def _flex_module():
-    try:
-        from torch.nn.attention import flex_attention as module
-    except ImportError:  # PyTorch < 2.5
-        return None
-    return module
-
-
-def flex_available() -> bool:
-    """Tell whether this PyTorch ships ``torch.nn.attention.flex_attention``.
-
-    Returns
-    -------
-    bool
-        True when FlexAttention can be imported.
-    """
-    return _flex_module() is not None
-
-
-def resolve_kernel(kernel: str, tensor: Tensor) -> str:
+def resolve_kernel(kernel: str, tensor: Tensor, deterministic: bool | None = None) -> str:
     """The attention kernel that ``kernel`` means for ``tensor`` (``"flex"`` or a blocked kernel).
 
     ``"auto"`` gives ``"flex"`` only on CUDA, when FlexAttention is available and deterministic
@@ -114,6 +96,8 @@ def resolve_kernel(kernel: str, tensor: Tensor) -> str:
         ``"auto"``, ``"flex"``, ``"cpu"``, ``"flash"`` or ``"math"``.
     tensor
         A query tensor (only its device matters).
+    deterministic
+        Whether deterministic algorithms are on; None (default) asks torch.
 
     Returns
     -------
@@ -133,17 +117,23 @@ def resolve_kernel(kernel: str, tensor: Tensor) -> str:
         kernel == "auto"
         and tensor.device.type == "cuda"
         and flex_available()
-        and not torch.are_deterministic_algorithms_enabled()
+        and not (
+            torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic
+        )
     ):
         return "flex"
     return kernel
 
 
 def bucket_length(length: int) -> int:
-    """Round a packed sequence length up to its bucket.
+    """Round a packed sequence length up to its bucket (one compiled kernel per bucket).
 
-    Buckets are multiples of ``max(128, 2 ** (floor(log2(length)) - 3))``: at most 8 buckets per
-    doubling of the length and less than 12.5 % padding above 1,024 positions.
+    Buckets are multiples of ``max(128, 2 ** (floor(log2(length - 1)) - 2))``, i.e. 4 per doubling
+    of the length (``1024, 1280, 1536, 1792, 2048, 2560, ...``): padding stays under 25 % above
+    512 positions (under 128 positions below), and the main dataset's single samples (1,640-4,318
+    cells, 1,641-4,319 positions with the CLS token) fall into 7 buckets, 14 compiled graphs with
+    training and evaluation, within :data:`interscale.nn._flex_compile.RECOMPILE_LIMIT`.  Padding
+    positions form a document of their own, so they cost ``pad^2`` scores, not ``length * pad``.
 
     Parameters
     ----------
@@ -153,9 +143,16 @@ def bucket_length(length: int) -> int:
     Returns
     -------
     int
-        Padded length, ``>= length``.
+        Padded length, ``>= length``, a multiple of 128.
+
+    Raises
+    ------
+    ValueError
+        If ``length`` is not positive.
     """
-    step = max(BUCKET, 2 ** max(0, int(math.log2(max(length, 1))) - 3))
+    if length < 1:
+        raise ValueError(f"length must be positive, got {length}")
+    step = max(BUCKET, 2 ** max(0, (length - 1).bit_length() - 3))
     return -(-length // step) * step
 
 
@@ -370,16 +367,14 @@ def _compiled_flex():
     return torch.compile(_flex_module().flex_attention, dynamic=False)
 
 
-def _flex_call(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, scale: float, lse: bool):
+def _flex_call(q, k, v, layout: PackedLayout, scale: float, lse: bool, compiled=None):
+    """One FlexAttention call: compiled (default on CUDA; loud eager fallback) or eager, quietly."""
     flex = _flex_module()
-    block_mask = layout.block_mask(q.device)
     aux = flex.AuxRequest(lse=True) if lse else None
-    kwargs = {"block_mask": block_mask, "scale": scale, "return_aux": aux}
-    if q.device.type == "cuda":
-        return _compiled_flex()(q, k, v, **kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_EAGER_WARNING)
-        return flex.flex_attention(q, k, v, **kwargs)
+    kwargs = {"block_mask": layout.block_mask(q.device), "scale": scale, "return_aux": aux}
+    if q.device.type == "cuda" if compiled is None else compiled:
+        return call_compiled(_compiled_flex(), flex.flex_attention, q, k, v, **kwargs)
+    return quiet_eager(q, k, v, **kwargs)
 
 
 class _FlexCPU(torch.autograd.Function):

@@ -19,6 +19,12 @@ def set_full_reproducibility(seed: int = 42) -> None:
     own random draws (masks, shuffling, folds) use explicit generators seeded from the config, so
     this call matters for user code and third-party kernels.
 
+    On CUDA, deterministic algorithms also decide the attention kernel: ``kernel="auto"`` then
+    runs the blocked ``math`` kernel (bit-reproducible) instead of FlexAttention (fast; the
+    reproducibility of its fused backward is not established). The reproduction notebooks call
+    this function, so on a GPU they time the deterministic path; ``print(model)`` and
+    :func:`interscale.nn.attention_kernel` name the kernel that runs.
+
     Parameters
     ----------
     seed
