@@ -100,6 +100,7 @@ def test_rerun_from_the_config_repeats_tiles_split_and_model(run):
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
+@pytest.mark.filterwarnings("ignore::interscale.evaluation.BootstrapFallbackWarning")
 def test_output_and_evaluate_on_the_folder_score_test_only(run):
     folder = run["first"]
     assert main(["output", "--checkpoint", str(folder)]) == 0

@@ -248,6 +248,7 @@ def _overlap(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
+@pytest.mark.filterwarnings("ignore::interscale.evaluation.BootstrapFallbackWarning")
 @pytest.mark.parametrize("n_genes", [30, 90])
 @pytest.mark.parametrize("show_all", [False, True])
 def test_gene_ranks_layout_keeps_texts_apart(n_genes, show_all, tmp_path):

@@ -21,8 +21,13 @@ from scipy.stats import rankdata
 
 import interscale
 from interscale.cli import _heldout_auroc, _print_report
-from interscale.evaluation import calculate_gene_ranks, driven_genes, heldout_r2
-from interscale.evaluation._ranks import BOOTSTRAP_COLUMNS, RANK_COLUMNS
+from interscale.evaluation import (
+    BootstrapFallbackWarning,
+    calculate_gene_ranks,
+    driven_genes,
+    heldout_r2,
+)
+from interscale.evaluation._ranks import BOOTSTRAP_COLUMNS, BOOTSTRAP_UNIT_COLUMN, RANK_COLUMNS
 
 HYP = settings(max_examples=20, deadline=None)
 KW = {"layers_local_pred": "_y_pred_local", "layers_global_pred": "_y_pred_global"}
@@ -225,8 +230,13 @@ def test_bootstrap_equals_a_naive_loop(sparse, missing, unit, monkeypatch):
     if unit == "cells":
         del adata.obs["sample"]
     n_boot, seed = 40, 11
-    got = calculate_gene_ranks(adata, n_boot=n_boot, seed=seed, **KW)
+    if unit == "cells":
+        with pytest.warns(BootstrapFallbackWarning, match="no sample column is known"):
+            got = calculate_gene_ranks(adata, n_boot=n_boot, seed=seed, **KW)
+    else:
+        got = calculate_gene_ranks(adata, n_boot=n_boot, seed=seed, **KW)
     assert got.attrs["bootstrap"]["unit"] == unit
+    assert (got[BOOTSTRAP_UNIT_COLUMN] == unit).all()
     labels = None if unit == "cells" else adata.obs["sample"].astype(str).to_numpy()
     ref = naive_bootstrap(
         y,
@@ -245,7 +255,7 @@ def test_bootstrap_equals_a_naive_loop(sparse, missing, unit, monkeypatch):
             np.testing.assert_allclose(got[col], ref[col], rtol=1e-9, atol=1e-12, err_msg=col)
     # point estimates and the published columns are untouched, new columns at the end
     plain = calculate_gene_ranks(adata, **KW)
-    assert list(got.columns) == RANK_COLUMNS + BOOTSTRAP_COLUMNS
+    assert list(got.columns) == RANK_COLUMNS + BOOTSTRAP_COLUMNS + [BOOTSTRAP_UNIT_COLUMN]
     pd.testing.assert_frame_equal(got[RANK_COLUMNS], plain, check_exact=True)
 
 
@@ -272,7 +282,8 @@ def test_resampling_unit_follows_the_number_of_scored_samples():
         "library_key": "sample",
     }
     # the test split holds 2 of the 8 samples: too few, cells are resampled
-    heldout = calculate_gene_ranks(adata, cells="test", n_boot=5, **KW).attrs["bootstrap"]
+    with pytest.warns(BootstrapFallbackWarning, match="2 sample.*of 'sample', fewer than 5"):
+        heldout = calculate_gene_ranks(adata, cells="test", n_boot=5, **KW).attrs["bootstrap"]
     n_test = int((adata.obs["split"] == "test").sum())
     assert heldout["unit"] == "cells" and heldout["n_units"] == n_test
     # exactly 5 samples are enough
@@ -281,9 +292,10 @@ def test_resampling_unit_follows_the_number_of_scored_samples():
         "samples"
     )
     four = adata.obs["sample"].isin([f"s{i}" for i in range(4)]).to_numpy()
-    assert calculate_gene_ranks(adata, cells=four, n_boot=5, **KW).attrs["bootstrap"]["unit"] == (
-        "cells"
-    )
+    with pytest.warns(BootstrapFallbackWarning):
+        table = calculate_gene_ranks(adata, cells=four, n_boot=5, **KW)
+    assert table.attrs["bootstrap"]["unit"] == "cells"
+    assert (table[BOOTSTRAP_UNIT_COLUMN] == "cells").all()
     # the sample key recorded by the model setup wins over a 'sample' column ...
     adata.obs["organoid"] = adata.obs["sample"].astype(str).str[:2].replace({"s7": "s6"})
     adata.uns["interscale"]["sample_key"] = ["organoid"]
@@ -291,12 +303,14 @@ def test_resampling_unit_follows_the_number_of_scored_samples():
     assert rec["library_key"] == "organoid" and rec["n_units"] == 7
     # ... and an explicit library_key wins over both
     adata.obs["pair"] = (adata.obs["sample"].cat.codes // 2).astype(str)
-    mine = calculate_gene_ranks(adata, n_boot=5, library_key="pair", **KW).attrs["bootstrap"]
+    with pytest.warns(BootstrapFallbackWarning, match="4 sample"):
+        mine = calculate_gene_ranks(adata, n_boot=5, library_key="pair", **KW).attrs["bootstrap"]
     assert mine["unit"] == "cells" and mine["library_key"] is None  # 4 pairs: too few
     # no sample column at all: cells
     del adata.obs["sample"]
     del adata.uns["interscale"]["sample_key"]
-    assert calculate_gene_ranks(adata, n_boot=5, **KW).attrs["bootstrap"]["unit"] == "cells"
+    with pytest.warns(BootstrapFallbackWarning, match="no sample column"):
+        assert calculate_gene_ranks(adata, n_boot=5, **KW).attrs["bootstrap"]["unit"] == "cells"
 
 
 def test_bootstrap_is_deterministic_by_seed():
@@ -316,6 +330,7 @@ def test_bootstrap_is_deterministic_by_seed():
     ).any()
 
 
+@pytest.mark.filterwarnings("ignore::interscale.evaluation.BootstrapFallbackWarning")
 @HYP
 @given(
     seed=st.integers(0, 10_000),

@@ -12,6 +12,7 @@ from conftest import RADIUS, organoids, tiny_config
 
 from interscale.cli import main
 from interscale.evaluation import (
+    BootstrapFallbackWarning,
     calculate_gene_ranks,
     driven_genes,
     evaluate_to_folder,
@@ -65,7 +66,8 @@ _EXPECTED_FILES = [
 def test_evaluate_to_folder_writes_tables_figures_and_metrics(trained_files, tmp_path):
     h5ad, ckpt, adata = trained_files
     out = tmp_path / "eval"
-    metrics = evaluate_to_folder(h5ad, ckpt, out)
+    with pytest.warns(BootstrapFallbackWarning, match="resamples cells"):
+        metrics = evaluate_to_folder(h5ad, ckpt, out)
     for name in _EXPECTED_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     # no temp files left behind
@@ -80,13 +82,15 @@ def test_evaluate_to_folder_writes_tables_figures_and_metrics(trained_files, tmp
     assert metrics["cells_seen_by_model"] == []
     assert metrics["bootstrap"]["n_boot"] == 100 and metrics["bootstrap"]["unit"] == "cells"
     # R^2 means agree with an independent per-gene computation on those cells
-    ranks = calculate_gene_ranks(
-        adata,
-        layers_local_pred="_y_pred_local",
-        layers_global_pred="_y_pred_global",
-        cells="test",
-        n_boot=100,
-    )
+    with pytest.warns(BootstrapFallbackWarning):
+        ranks = calculate_gene_ranks(
+            adata,
+            layers_local_pred="_y_pred_local",
+            layers_global_pred="_y_pred_global",
+            cells="test",
+            n_boot=100,
+        )
+    assert (ranks["bootstrap_unit"] == "cells").all()
     truth = adata.layers["log1p_norm"].toarray().astype(np.float64)[heldout]
     pred = np.asarray(adata.layers["_y_pred_local"], dtype=np.float64)[heldout]
     ss_tot = ((truth - truth.mean(0)) ** 2).sum(0)
@@ -272,6 +276,7 @@ def test_auroc_reason_is_recorded(trained_files, tmp_path):
     assert "both classes" in metrics["auroc_reason"]
 
 
+@pytest.mark.filterwarnings("ignore::interscale.evaluation.BootstrapFallbackWarning")
 def test_cli_evaluate_returns_zero(trained_files, tmp_path, capsys):
     h5ad, ckpt, adata = trained_files
     out = tmp_path / "cli"

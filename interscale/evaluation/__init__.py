@@ -17,6 +17,7 @@ from interscale.evaluation._heldout import (
 from interscale.evaluation._latent import latent_correlation_matrix, latent_rank_report
 from interscale.evaluation._loadings import gene_loadings
 from interscale.evaluation._ranks import (
+    BootstrapFallbackWarning,
     calculate_gene_ranks,
     gene_ranks_from_model,
     gene_ranks_from_r2,
@@ -24,6 +25,7 @@ from interscale.evaluation._ranks import (
 from interscale.evaluation._report import evaluate_to_folder
 
 __all__ = [
+    "BootstrapFallbackWarning",
     "auroc_rank_difference",
     "auroc_with_reason",
     "calculate_dim_importance",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,12 @@ BOOTSTRAP_COLUMNS = [
     "rank_difference_lo",
     "rank_difference_hi",
 ]
+# What the bootstrap resampled ("samples" or "cells"), in every row of a table with intervals.
+BOOTSTRAP_UNIT_COLUMN = "bootstrap_unit"
+
+
+class BootstrapFallbackWarning(UserWarning):
+    """The bootstrap resamples cells because the scored cells come from too few samples."""
 
 
 def _truth_layer(adata: AnnData, layer_true: str | None) -> str:
@@ -326,9 +333,9 @@ def calculate_gene_ranks(
     n_boot
         Number of bootstrap resamples (0: none). With the scored cells coming from at
         least 5 samples, whole samples are resampled (cells of one sample are not
-        independent); otherwise cells are. In every resample both heads' per-gene R^2 and the
-        ranks are recomputed, and the percentile intervals of R^2 and Rank Difference are
-        added as columns.
+        independent); otherwise cells are, with a :class:`BootstrapFallbackWarning`. In
+        every resample both heads' per-gene R^2 and the ranks are recomputed, and the
+        percentile intervals of R^2 and Rank Difference are added as columns.
     seed
         Seed of ``numpy.random.default_rng`` drawing the resamples.
     ci
@@ -345,9 +352,10 @@ def calculate_gene_ranks(
         One row per gene, in ``adata.var_names`` order, with columns ``gene``, ``Local Rank``,
         ``Global Rank``, ``Rank Difference`` (= Local Rank - Global Rank), ``Avg Rank``,
         ``r2_local`` and ``r2_global``; with ``n_boot`` > 0 also ``r2_local_lo``,
-        ``r2_local_hi``, ``r2_global_lo``, ``r2_global_hi``, ``rank_difference_lo`` and
-        ``rank_difference_hi``. ``df.attrs`` records the scored cells (``"cells"``: ``"all"``,
-        the split names joined by commas or ``"mask (n cells)"``; ``"n_cells"``) and, with a
+        ``r2_local_hi``, ``r2_global_lo``, ``r2_global_hi``, ``rank_difference_lo``,
+        ``rank_difference_hi`` and ``bootstrap_unit`` (``"samples"`` or ``"cells"``).
+        ``df.attrs`` records the scored cells (``"cells"``: ``"all"``, the split names
+        joined by commas or ``"mask (n cells)"``; ``"n_cells"``) and, with a
         bootstrap, ``"bootstrap"``: ``{"n_boot", "unit" ("samples" or "cells"), "n_units",
         "ci", "seed", "library_key"}``.
 
@@ -392,6 +400,20 @@ def calculate_gene_ranks(
         units, key = sample_units(adata, selection.rows, library_key, what=what)
         n_samples = 0 if units is None else int(units.max()) + 1
         if n_samples < MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP:
+            source = (
+                "no sample column is known (pass library_key=)"
+                if units is None
+                else f"the scored cells come from {n_samples} sample(s) of {key!r}, fewer "
+                f"than {MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP}"
+            )
+            warnings.warn(
+                f"{what}: {source}, so the bootstrap resamples cells; cells of one sample are "
+                "not independent, so these intervals are narrower than a resampling of "
+                f"samples would give (the table's {BOOTSTRAP_UNIT_COLUMN!r} column says "
+                "'cells')",
+                BootstrapFallbackWarning,
+                stacklevel=2,
+            )
             units = None
 
     rows = selection.rows
@@ -405,6 +427,7 @@ def calculate_gene_ranks(
         )
         for col in BOOTSTRAP_COLUMNS:
             df[col] = boot[col]
+        df[BOOTSTRAP_UNIT_COLUMN] = "cells" if units is None else "samples"
         df.attrs["bootstrap"] = {
             "n_boot": int(n_boot),
             "unit": "cells" if units is None else "samples",
