@@ -170,7 +170,9 @@ def test_auto_uses_the_c_kernel_on_float32_cpu(monkeypatch):
 
 
 def test_without_a_built_kernel_auto_warns_and_cpu_raises(monkeypatch):
-    monkeypatch.setattr(_cpu_kernel, "_library", lambda: (None, "no C compiler found (test)", "", ""))
+    monkeypatch.setattr(
+        _cpu_kernel, "_library", lambda: (None, "no C compiler found (test)", "", "")
+    )
     monkeypatch.setattr(_cpu_kernel, "_WARNED", False)
     (q, k, v), _ = _inputs(2, 20, 4, 1.0, 0)
     with pytest.warns(RuntimeWarning, match="no C compiler found"):
