@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from test_bench_history import write_fake_results  # tests/ is on sys.path (rootdir conftest)
 
 from reproduce.docs import (
     BrowserCheckError,
@@ -246,9 +247,11 @@ def test_end_to_end_site_without_browser(tmp_path, monkeypatch):
     readme.write_text("# Tiny\n\nA test site.\n")
     work = tmp_path / "work"
     res = build_docs(
-        "auto", builds=tmp_path / "builds", work=work, readme=readme, api=False, check=False
-    )
+        "auto", builds=tmp_path / "builds", work=work, readme=readme, api=False, check=False,
+        history=tmp_path / "no-results",
+    )  # fmt: skip
     assert res.profile == "quick" and res.warnings == [] and res.pages == []
+    assert "No results recorded yet" in (work / "html" / "performance" / "index.html").read_text()
     html = (work / "html" / "tutorials" / "2_gene_level_evaluation.html").read_text()
     assert "re-executed" in html and "Traceback" not in html
     (img,) = (work / "html" / "_images").glob("*.png")
@@ -271,9 +274,15 @@ def test_end_to_end_site_with_figure(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Tiny\n\nA test site.\n")
     work = tmp_path / "work"
-    res = build_docs("auto", builds=tmp_path / "builds", work=work, readme=readme, api=False)
+    history = write_fake_results(tmp_path / "results")  # 2 machines, 3 commits, 3 benchmarks
+    res = build_docs(
+        "auto", builds=tmp_path / "builds", work=work, readme=readme, api=False, history=history
+    )
     assert res.profile == "quick" and res.warnings == []
-    index, page = (r for r in res.pages)
+    index, page, performance = (r for r in res.pages)
+    assert performance.url.endswith("/performance/index.html")
+    assert performance.images_total == performance.images_loaded == 3
+    assert (work / "screenshots" / "performance_index.png").is_file()
     assert index.url.endswith("/html/index.html") and index.images_total == 0
     assert page.url.endswith("/tutorials/2_gene_level_evaluation.html")
     assert page.images_total == page.images_loaded == 1
@@ -284,7 +293,7 @@ def test_end_to_end_site_with_figure(tmp_path):
     html = (work / "html" / "tutorials" / "2_gene_level_evaluation.html").read_text()
     assert "re-executed" in html and "Traceback" not in html
     # A figure that cannot be loaded is reported by name.
-    (img,) = (work / "html" / "_images").glob("*.png")
+    (img,) = (p for p in (work / "html" / "_images").glob("*.png") if p.name in html)
     img.unlink()
     with pytest.raises(BrowserCheckError, match=rf"0 of 1 images loaded.*{img.name}"):
         check_page(work / "html" / "tutorials" / "2_gene_level_evaluation.html", tmp_path / "x.png")

@@ -265,7 +265,7 @@ def check_site(
     pages
         HTML files to open.
     screenshots
-        Folder for the PNGs (``<page stem>.png``).
+        Folder for the PNGs (``<page stem>.png``; ``<folder>_<stem>.png`` for a repeated stem).
     require_images
         The pages (among ``pages``) that must show at least one image.
     binary
@@ -283,12 +283,16 @@ def check_site(
     """
     required = {Path(p).resolve() for p in require_images}
     binary = find_chromium(binary)
+    names: list[str] = []
+    for p in pages:  # a second "index" page is named after its folder: performance_index.png
+        stem = Path(p).stem
+        names.append(stem if stem not in names else f"{Path(p).parent.name}_{stem}")
     return [
         check_page(
             p,
-            Path(screenshots) / f"{Path(p).stem}.png",
+            Path(screenshots) / f"{name}.png",
             require_images=Path(p).resolve() in required,
             binary=binary,
         )
-        for p in pages
+        for p, name in zip(pages, names, strict=True)
     ]

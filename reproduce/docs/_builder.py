@@ -19,6 +19,8 @@ from reproduce.docs._browser import BrowserCheckError, PageReport, check_site, f
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = Path(__file__).resolve().parent
 BUILDS = ROOT / "reproduce" / "_build"
+# The committed asv results that the "Performance across versions" page is drawn from.
+HISTORY = ROOT / "benchmarks" / "results"
 # Sphinx sources copied from reproduce/docs/ (the Python modules next to them are not sources).
 _SOURCE_ITEMS = ("conf.py", "index.md", "api.md", "_static", "_templates")
 # The tutorial pages the browser check opens when the build has them (else the first one).
@@ -182,13 +184,15 @@ def stage_sources(
     readme: str | os.PathLike[str] | None = None,
     profile: str | None = None,
     api: bool = True,
+    history: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Assemble a Sphinx source folder.
 
     The folder is emptied, then filled with the sources of ``reproduce/docs`` (``conf.py``,
     ``index.md``, ``api.md``, ``_static``, ``_templates``), the README (as ``_readme.md``,
     included by ``index.md``) and byte-for-byte copies of the executed notebooks under
-    ``tutorials/`` with a generated ``tutorials/index.md``.
+    ``tutorials/`` with a generated ``tutorials/index.md``, and the benchmark history page
+    ``performance/index.md`` with its figures (:func:`benchmarks._history.write_page`).
 
     Parameters
     ----------
@@ -203,6 +207,9 @@ def stage_sources(
     api
         Include the API reference; without it ``api.md`` is a one-line placeholder (a quick
         preview of the tutorials, no import of ``interscale`` by autodoc).
+    history
+        asv results folder of the performance page (default: the committed
+        ``benchmarks/results``).
 
     Returns
     -------
@@ -238,6 +245,9 @@ def stage_sources(
     if not api:
         (staging / "api.md").write_text(_NO_API, encoding="utf-8")
     (tutorials / "index.md").write_text(_tutorials_index(paths, profile, build), encoding="utf-8")
+    from benchmarks._history import write_page
+
+    write_page(HISTORY if history is None else history, staging / "performance", repo=str(ROOT))
     staged = {"index.md", "api.md", *(f"tutorials/{p.name}" for p in paths)}
     text = _rewrite_readme(readme.read_text(encoding="utf-8"), staged)
     (staging / "_readme.md").write_text(text, encoding="utf-8")
@@ -332,6 +342,7 @@ def build_docs(
     readme: str | os.PathLike[str] | None = None,
     chromium: str | None = None,
     api: bool = True,
+    history: str | os.PathLike[str] | None = None,
 ) -> DocsResult:
     """Build the documentation site and, optionally, check it in headless Chromium.
 
@@ -357,6 +368,9 @@ def build_docs(
         Browser binary (default: see :func:`reproduce.docs.find_chromium`).
     api
         Build the API reference (see :func:`stage_sources`).
+    history
+        asv results of the performance page (see :func:`stage_sources`); the check also opens
+        that page and requires its figures when it has any.
 
     Returns
     -------
@@ -377,12 +391,16 @@ def build_docs(
     name = notebooks.parent.name if notebooks.name.startswith("run") else notebooks.name
     work = Path(work or BUILDS / "docs")
     out = Path(out or work / "html")
-    staging = stage_sources(notebooks, work / "src", readme=readme, profile=name, api=api)
+    staging = stage_sources(
+        notebooks, work / "src", readme=readme, profile=name, api=api, history=history
+    )
     seconds, warnings = run_sphinx(staging, out, strict=strict)
     result = DocsResult(out, notebooks, name, seconds, warnings)
     if check:
         tutorials = sorted((out / "tutorials").glob("[0-9]*.html"))
         checked = [p for p in tutorials if p.stem in _CHECKED_TUTORIALS] or tutorials[:1]
+        if any((staging / "performance").glob("*.png")):
+            checked.append(out / "performance" / "index.html")
         result.pages = check_site(
             [out / "index.html", *checked],
             work / "screenshots",
