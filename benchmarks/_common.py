@@ -162,6 +162,7 @@ def register(adata, cls_name: str = "CombinedModel") -> None:
     """
     import interscale.model as models
 
+    # the published name, which every commit asv measures has (setup_anndata is newer)
     getattr(models, cls_name)._setup_anndata(
         adata,
         layer_key="log1p_norm",

@@ -278,6 +278,7 @@ class XeniumRun:
                 f"{adata.obs['tile'].nunique()} tiles of <= {self.max_tile_cells:,} cells, "
                 f"halo {HALO:g} um"
             )
+        # the published name, which every commit asv measures has (setup_anndata is newer)
         CombinedModel._setup_anndata(
             adata,
             layer_key="log1p_norm",

@@ -318,6 +318,7 @@ class TiledModelOutput:
         # setup needs a train and a val unit: alternate the tiles
         codes = adata.obs["tile"].cat.codes.to_numpy()
         adata.obs["split"] = np.where(codes % 2 == 0, "train", "val")
+        # the published name, which every commit asv measures has (setup_anndata is newer)
         CombinedModel._setup_anndata(
             adata,
             layer_key="log1p_norm",

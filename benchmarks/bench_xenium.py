@@ -10,7 +10,7 @@ peak RSS (``peakmem_``, set-up included):
 
 - ``normalize``: ``pp.normalize`` of the counts in ``X`` (CSR in, CSR out);
 - ``spatial_graph``: ``pp.spatial_neighbors`` per section;
-- ``tile_and_setup``: ``pp.tile``, ``_setup_anndata`` and building the model;
+- ``tile_and_setup``: ``pp.tile``, ``setup_anndata`` and building the model;
 - ``train_epoch``: one training epoch with validation, the published configuration with the
   ``neighbourhood`` attention scope (graphs keep row indices into the layer and densify
   each batch: no dense copy of the whole layer);

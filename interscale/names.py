@@ -135,5 +135,5 @@ class Key:
 
         #: Everything InterScale records about a setup, a model and its outputs.
         ROOT = "interscale"
-        #: Inside ``ROOT``: the setup of :meth:`_setup_anndata`.
+        #: Inside ``ROOT``: the setup of :meth:`setup_anndata`.
         SETUP = "setup"

@@ -211,7 +211,7 @@ TRAINING = _nb(
             'cfg = with_overrides(load_config(config_path), {**config_overrides, "optim.n_epochs": epochs})\n'
             "isc.tl.set_full_reproducibility(cfg.optim.seed)\n"
             'adata = ad.read_h5ad(data_dir / "preprocessed.h5ad")\n'
-            "isc.model.CombinedModel._setup_anndata(\n"
+            "isc.model.CombinedModel.setup_anndata(\n"
             "    adata,\n"
             '    prediction_task="regression",\n'
             "    layer_key=cfg.dataset.layer_key,\n"
@@ -542,7 +542,7 @@ ATTENTION = _nb(
             '                             "model.global_component.parameters.attention": scope})\n'
             "    isc.tl.set_full_reproducibility(c.optim.seed)\n"
             "    a = pre.copy()\n"
-            "    isc.model.CombinedModel._setup_anndata(a, layer_key=c.dataset.layer_key,\n"
+            "    isc.model.CombinedModel.setup_anndata(a, layer_key=c.dataset.layer_key,\n"
             "                                           sample_key_list=list(c.dataset.sample_key),\n"
             "                                           split_key=c.dataset.split_key,\n"
             "                                           view_registry=False)\n"

@@ -131,7 +131,7 @@ CELLS = [
         '    {**tissue_config_overrides, "optim.n_epochs": tissue_epochs, "optim.seed": tissue_seed},\n'
         ")\n"
         "isc.tl.set_full_reproducibility(cfg.optim.seed)\n"
-        "isc.model.CombinedModel._setup_anndata(\n"
+        "isc.model.CombinedModel.setup_anndata(\n"
         '    adata, layer_key="log1p_norm", sample_key_list=["tile"], split_key="split", view_registry=False\n'
         ")\n"
         "model = isc.model.CombinedModel(adata, cfg)\n"

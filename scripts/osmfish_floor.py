@@ -90,7 +90,7 @@ def run(args) -> dict:
         adata, unit = prepare(args.max_cells, args.split_seed, args.n_neighs), TILE_KEY
     floors = isc.tl.linear_baselines(adata, library_key=unit, heldout=("test",), key_added=None)
     cfg = with_overrides(tutorial_config(), {"optim.seed": args.seed, **_overrides(args.set)})
-    isc.model.CombinedModel._setup_anndata(
+    isc.model.CombinedModel.setup_anndata(
         adata, layer_key="log1p_norm", sample_key_list=[unit], view_registry=False
     )
     with warnings.catch_warnings():

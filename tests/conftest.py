@@ -116,15 +116,15 @@ def setup_model_anndata(
     sample_keys: Sequence[str] = ("sample",),
     **kwargs: Any,
 ) -> None:
-    """``cls._setup_anndata`` (default ``CombinedModel``) on ``layer_key``, one sample key.
+    """``cls.setup_anndata`` (default ``CombinedModel``) on ``layer_key``, one sample key.
 
-    ``view_registry`` is off; further keyword arguments go to ``_setup_anndata``.
+    ``view_registry`` is off; further keyword arguments go to ``setup_anndata``.
     """
     if cls is None:
         from interscale.model import CombinedModel
 
         cls = CombinedModel
-    cls._setup_anndata(
+    cls.setup_anndata(
         adata,
         layer_key=layer_key,
         sample_key_list=list(sample_keys),

@@ -316,7 +316,7 @@ def _setup_call(**kwargs):
     def call(adata):
         args = {"layer_key": "log1p_norm", "sample_key_list": ["sample"]}
         args.update(kwargs)
-        CombinedModel._setup_anndata(adata, view_registry=False, **args)
+        CombinedModel.setup_anndata(adata, view_registry=False, **args)
 
     return call
 
@@ -374,7 +374,7 @@ def test_model_rejects_duplicated_genes_and_unset_adata():
     adata.uns["interscale"]["setup"]["split_key"] = "split"
     _expect_failure(lambda a: CombinedModel(a, _cfg()), adata, ValueError, "var_names")
     fresh = _prepared()
-    _expect_failure(lambda a: CombinedModel(a, _cfg()), fresh, ValueError, "_setup_anndata")
+    _expect_failure(lambda a: CombinedModel(a, _cfg()), fresh, ValueError, "setup_anndata")
     # no graph yet: the model builds one, so missing or NaN coordinates must be named
     for mutate, exc in [
         (_without_coords, KeyError),
@@ -454,7 +454,7 @@ def test_non_categorical_sample_key_works():
     adata = _prepared()
     adata.obs["sample"] = adata.obs["sample"].astype(str)
     adata.obs["sample_int"] = adata.obs["sample"].factorize()[0]
-    CombinedModel._setup_anndata(
+    CombinedModel.setup_anndata(
         adata, layer_key="log1p_norm", sample_key_list=["sample_int"], view_registry=False
     )
     assert adata.uns["interscale"]["setup"]["n_samples"] == 4

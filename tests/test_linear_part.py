@@ -263,7 +263,7 @@ def osmfish_tiles():
     isc.pp.normalize(adata)
     isc.pp.split_samples(adata, "tile", fractions=(0.5, 0.25, 0.25), seed=0)
     isc.pp.spatial_neighbors(adata, n_neighs=10, library_key="tile")
-    CombinedModel._setup_anndata(
+    CombinedModel.setup_anndata(
         adata, layer_key="log1p_norm", sample_key_list=["tile"], view_registry=False
     )
     floors = isc.tl.linear_baselines(

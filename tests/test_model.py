@@ -267,22 +267,22 @@ def test_setup_errors_name_the_problem():
     adata = organoids()
     before = adata.copy()
     with pytest.raises(KeyError, match="nope"):
-        CombinedModel._setup_anndata(adata, layer_key="nope", sample_key_list=["sample"])
+        CombinedModel.setup_anndata(adata, layer_key="nope", sample_key_list=["sample"])
     with pytest.raises(KeyError, match="organ"):
-        CombinedModel._setup_anndata(adata, layer_key="log1p_norm", sample_key_list=["organ"])
+        CombinedModel.setup_anndata(adata, layer_key="log1p_norm", sample_key_list=["organ"])
     no_val = adata.copy()
     no_val.obs["split"] = pd.Categorical(["train"] * no_val.n_obs)
     with pytest.raises(ValueError, match="'val'"):
-        CombinedModel._setup_anndata(no_val, layer_key="log1p_norm", sample_key_list=["sample"])
+        CombinedModel.setup_anndata(no_val, layer_key="log1p_norm", sample_key_list=["sample"])
     odd = adata.copy()
     odd.obs["split"] = odd.obs["split"].astype(str).replace({"test": "holdout"})
     with pytest.raises(ValueError, match="holdout"):
-        CombinedModel._setup_anndata(odd, layer_key="log1p_norm", sample_key_list=["sample"])
+        CombinedModel.setup_anndata(odd, layer_key="log1p_norm", sample_key_list=["sample"])
     with pytest.raises(TypeError, match="view"):
-        CombinedModel._setup_anndata(adata[:50], layer_key="log1p_norm", sample_key_list=["sample"])
+        CombinedModel.setup_anndata(adata[:50], layer_key="log1p_norm", sample_key_list=["sample"])
     assert "interscale" not in adata.uns
     assert adata.obs.equals(before.obs)
-    with pytest.raises(ValueError, match="_setup_anndata"):
+    with pytest.raises(ValueError, match="setup_anndata"):
         CombinedModel(adata, _cfg())
 
 

@@ -197,6 +197,42 @@ def test_load_builds_through_the_constructor_and_reproduces_outputs(trained):
             np.testing.assert_array_equal(a.layers[key], b.layers[key])
 
 
+def _not_set_up(adata: ad.AnnData) -> ad.AnnData:
+    fresh = adata.copy()
+    del fresh.uns["interscale"]
+    return fresh
+
+
+def test_load_replays_the_stored_setup_on_an_anndata_not_set_up(trained):
+    """load(path, adata) needs no setup call: the checkpoint's setup is replayed, and the
+    outputs equal those of a load onto an AnnData set up by hand."""
+    model, adata, path = trained
+    assert CombinedModel._setup_anndata == CombinedModel.setup_anndata  # the published alias
+    fresh = _not_set_up(adata)
+    loaded = CombinedModel.load(path, fresh, verbose=False)
+    assert fresh.uns["interscale"]["setup"] == adata.uns["interscale"]["setup"]
+    by_hand = CombinedModel.load(path, adata.copy(), verbose=False)
+    a, b = loaded.get_model_output(fresh), by_hand.get_model_output(adata.copy())
+    for key in ("_y_pred_local", "_y_pred_global"):
+        np.testing.assert_array_equal(a.layers[key], b.layers[key])
+
+
+def test_a_load_whose_setup_replay_fails_names_it_and_leaves_the_anndata_alone(trained):
+    model, adata, path = trained
+    fresh = _not_set_up(adata)
+    del fresh.obs["split"]
+    before = _fingerprint(fresh)
+    with pytest.raises(KeyError, match=r"replaying the setup stored in .*split_key='split'"):
+        CombinedModel.load(path, fresh, verbose=False)
+    assert _fingerprint(fresh) == before and "interscale" not in fresh.uns
+    # a published-format state dict stores no setup: the error says to call setup_anndata
+    torch.save({"state_dict": model.module.state_dict()}, path.with_name("pub_model.pt"))
+    with pytest.raises(ValueError, match=r"stores no setup; call CombinedModel.setup_anndata"):
+        CombinedModel.load(
+            path.with_name("pub_model.pt"), _not_set_up(adata), cfg=model.cfg, verbose=False
+        )
+
+
 def test_global_model_keeps_its_input_embedding_through_save_and_load(tmp_path):
     adata = _data()
     model = GlobalModel(adata, _cfg())

@@ -213,7 +213,7 @@ def test_a_stored_graph_is_used_as_is_unless_the_config_asks_for_a_rebuild():
     isc.pp.normalize(adata)
     isc.pp.split_samples(adata, "library_id")
     isc.pp.spatial_neighbors(adata, n_neighs=4, library_key="library_id")
-    CombinedModel._setup_anndata(
+    CombinedModel.setup_anndata(
         adata, layer_key="log1p_norm", sample_key_list=["library_id"], view_registry=False
     )
     base = with_overrides(tutorial_config(), {"dataset.spatial_neighbors_kwargs.library_key": None})

@@ -233,18 +233,18 @@ def test_setup_rejects_a_halo_that_does_not_fit():
     adata = _tiled_organoids(halo=100.0)
     before = dict(adata.uns)
     with pytest.raises(KeyError, match="nope"):
-        CombinedModel._setup_anndata(
+        CombinedModel.setup_anndata(
             adata, layer_key="log1p_norm", sample_key_list=["tile"], halo_key="nope"
         )
     with pytest.raises(ValueError, match="one sample key"):
-        CombinedModel._setup_anndata(
+        CombinedModel.setup_anndata(
             adata,
             layer_key="log1p_norm",
             sample_key_list=["tile", "sample"],
             halo_key="tile_halo",
         )
     with pytest.raises(ValueError, match="n_tiles"):
-        CombinedModel._setup_anndata(
+        CombinedModel.setup_anndata(
             adata, layer_key="log1p_norm", sample_key_list=["sample"], halo_key="tile_halo"
         )
     assert "interscale" not in adata.uns and dict(adata.uns).keys() == before.keys()

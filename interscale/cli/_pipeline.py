@@ -245,7 +245,7 @@ def _set_up_model(cfg, h5ad: str | None, n_samples: int | None):
     adata, source = _load_or_make_data(cfg, h5ad, n_samples, seed=0)
     load_seconds = time.perf_counter() - t0
     _preprocess(adata, cfg)
-    isc.model.CombinedModel._setup_anndata(
+    isc.model.CombinedModel.setup_anndata(
         adata,
         layer_key=cfg.dataset.layer_key,
         sample_key_list=_graph_units(cfg),

@@ -20,14 +20,14 @@ from interscale.config import Config, load_config
 from interscale.graphs import GraphPlan, SampleGraph
 from interscale.model._checkpoint import (
     checkpoint_file_name,
+    checkpoint_payload,
     load_model,
-    plain_tree,
-    plain_value,
     write_checkpoint,
 )
 from interscale.model._module import InterScaleModule, init_decoder_bias, module_from_config
 from interscale.model._outputs import model_gene_r2, model_output, record_outputs
-from interscale.model._setup import check_unique_genes, setup_anndata
+from interscale.model._setup import check_unique_genes
+from interscale.model._setup import setup_anndata as record_setup
 from interscale.model._training import TrainingMixin
 from interscale.names import Key
 from interscale.nn import describe_attention
@@ -47,7 +47,7 @@ class BaseModel(TrainingMixin):
 
     # ------------------------------------------------------------------ setup
     @classmethod
-    def _setup_anndata(
+    def setup_anndata(
         cls,
         adata: AnnData,
         *,
@@ -61,6 +61,10 @@ class BaseModel(TrainingMixin):
         halo_key: str | None = None,
     ) -> None:
         """Validate an AnnData for training and record the setup in ``adata.uns["interscale"]``.
+
+        The entry point before building a model. ``_setup_anndata`` is the same method under
+        the published tutorials' name. :meth:`load` replays the setup stored in a checkpoint
+        when ``adata`` is not set up yet.
 
         Parameters
         ----------
@@ -100,7 +104,7 @@ class BaseModel(TrainingMixin):
         TypeError
             If ``adata`` is not an AnnData or is a view.
         """
-        setup_anndata(
+        record_setup(
             adata,
             model_name=cls.__name__,
             layer_key=layer_key,
@@ -113,6 +117,9 @@ class BaseModel(TrainingMixin):
             halo_key=halo_key,
         )
 
+    # the published tutorials' spelling, kept working with exactly their arguments
+    _setup_anndata = setup_anndata
+
     # ------------------------------------------------------------------ init
     def __init__(
         self, adata: AnnData, cfg: Config | None = None, *, global_input: dict | None = None
@@ -122,7 +129,7 @@ class BaseModel(TrainingMixin):
         Parameters
         ----------
         adata
-            AnnData prepared with :meth:`_setup_anndata`.
+            AnnData prepared with :meth:`setup_anndata`.
         cfg
             Config (default: all defaults).
         global_input
@@ -133,7 +140,7 @@ class BaseModel(TrainingMixin):
         setup = (adata.uns.get(Key.uns.ROOT) or {}).get(Key.uns.SETUP)
         if setup is None:
             raise ValueError(
-                f"adata is not set up; call {type(self).__name__}._setup_anndata(adata, "
+                f"adata is not set up; call {type(self).__name__}.setup_anndata(adata, "
                 "layer_key=..., sample_key_list=[...]) first"
             )
         if cfg is None:
@@ -146,6 +153,7 @@ class BaseModel(TrainingMixin):
         self.layer_key = setup.get("layer_key")
         self.sample_keys = list(setup["sample_key"])
         self.split_key = setup["split_key"]
+        self._setup = dict(setup)
         self.gene_names = [str(g) for g in adata.var_names]
         self.history_: pd.DataFrame | None = None
         self.best_epoch_: int | None = None
@@ -282,7 +290,7 @@ class BaseModel(TrainingMixin):
 
         Runs in eval mode without gradients, one sample at a time, each sample's graph built
         when reached and its rows written straight into preallocated arrays (memory stays near
-        the size of the outputs). With a halo (``_setup_anndata(..., halo_key=...)``) a tile's
+        the size of the outputs). With a halo (``setup_anndata(..., halo_key=...)``) a tile's
         halo cells are encoded as context, but only its own cells are masked and written; every
         cell is written by exactly one tile. Keys written (with ``prefix``): obsm
         ``_local_emb``/``_global_emb``, layers ``_y_pred_local``/``_y_pred_global``, obsp
@@ -402,26 +410,7 @@ class BaseModel(TrainingMixin):
         return checkpoint_file_name(self.cfg, self._local, self._global, prefix)
 
     def _checkpoint(self) -> dict:
-        """The checkpoint payload (the format fields are added by ``write_checkpoint``)."""
-        history = None
-        if self.history_ is not None:
-            history = {
-                c: [plain_value(v) for v in self.history_[c].tolist()] for c in self.history_
-            }
-        return {
-            "interscale_version": __version__,
-            "model_class": type(self).__name__,
-            "components": {"local": self._local, "global": self._global},
-            "state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
-            "config": plain_tree(self.cfg.to_dict()),
-            "gene_names": list(self.gene_names),
-            "layer_key": self.layer_key,
-            "sample_key": list(self.sample_keys),
-            "n_embed": int(self.module.n_embed),
-            "history": history,
-            "best_epoch": self.best_epoch_,
-            "global_input": self._global_input,
-        }
+        return checkpoint_payload(self)
 
     def save(
         self, dir_path: str | os.PathLike, overwrite: bool = False, prefix: str | None = None
@@ -469,7 +458,9 @@ class BaseModel(TrainingMixin):
         dir_path
             Folder holding the checkpoint, or the checkpoint file itself.
         adata
-            AnnData set up with ``_setup_anndata``; its genes must match the checkpoint's.
+            AnnData whose genes match the checkpoint's. When it is not set up yet, the setup
+            stored in the checkpoint (layer, sample and split keys, halo) is replayed on it, so
+            no :meth:`setup_anndata` call is needed; when it is, its own setup is used.
         cfg
             Config; default: the one stored in the checkpoint. When given, it must agree with the
             checkpoint on every architecture setting.
@@ -490,7 +481,9 @@ class BaseModel(TrainingMixin):
             If no checkpoint is found.
         ValueError
             If the file is not a readable checkpoint or does not match the AnnData or config,
-            or a tensor's shape differs from the model's (a transposed weight is refused).
+            or a tensor's shape differs from the model's (a transposed weight is refused); if
+            ``adata`` is not set up and the checkpoint stores no setup (a published-format
+            state dict). A failed load leaves ``adata`` as it was.
         TypeError
             On an unknown keyword argument.
         """

@@ -1,15 +1,17 @@
 """Checkpoints: the format, the file-name rule, writing, finding, reading and checking them.
 
 A native checkpoint is one ``torch.save`` dictionary (:data:`CHECKPOINT_FORMAT`, version
-:data:`CHECKPOINT_FORMAT_VERSION`) holding the state dict, the config, the genes and the
-training history. Every version ever written must stay readable: ``tests/data/frozen_v1`` holds
-a version-1 file that each release loads. Published-format state dicts (the reference
-implementation's, with or without Lightning's ``module.`` prefix) are translated by explicit
-rules; a tensor is never reshaped beyond dropping leading size-1 axes.
+:data:`CHECKPOINT_FORMAT_VERSION`) holding the state dict, the config, the genes, the setup
+arguments (replayed by ``load`` on an AnnData not yet set up) and the training history. Every
+version ever written must stay readable: ``tests/data/frozen_v1`` holds a version-1 file that
+each release loads. Published-format state dicts (the reference implementation's, with or
+without Lightning's ``module.`` prefix) are translated by explicit rules; a tensor is never
+reshaped beyond dropping leading size-1 axes.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import io
 import math
@@ -26,9 +28,12 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from interscale._anndata import read_setup
 from interscale._io import atomic_write_bytes
+from interscale._version import __version__
 from interscale.config import Config, config_from_dict
-from interscale.model._setup import check_same_genes
+from interscale.model._setup import check_same_genes, replay_setup, setup_arguments
+from interscale.names import Key
 from interscale.train import resolve_device
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "check_config_agrees",
     "check_state_shapes",
     "checkpoint_file_name",
+    "checkpoint_payload",
     "load_model",
     "map_published_state_dict",
     "plain_tree",
@@ -393,6 +399,30 @@ def load_model(
         raise ValueError(
             f"{path.name} is a published-format state dict without a config; pass cfg="
         )
+    before = copy.deepcopy(adata.uns.get(Key.uns.ROOT)) if Key.uns.ROOT in adata.uns else None
+    try:  # a failed load leaves adata as it was, a replayed setup included
+        return _load_into(cls, adata, cfg, ckpt, path, accelerator, verbose)
+    except BaseException:
+        if before is None:
+            adata.uns.pop(Key.uns.ROOT, None)
+        else:
+            adata.uns[Key.uns.ROOT] = before
+        raise
+
+
+def _load_into(cls, adata, cfg, ckpt, path, accelerator, verbose):
+    if read_setup(adata) is None:
+        stored = ckpt.get("setup")
+        if stored is None and ckpt["kind"] == "native":  # written before setups were stored
+            stored = {"layer_key": ckpt.get("layer_key"), "sample_key": ckpt["sample_key"]}
+        if stored is None:
+            raise ValueError(
+                f"adata is not set up and {path.name} ({ckpt['kind']}) stores no setup; call "
+                f"{cls.__name__}.setup_anndata(adata, layer_key=..., sample_key_list=[...]) first"
+            )
+        replay_setup(cls, adata, stored, path.name)
+        if verbose:
+            print(f"Set up adata as {path.name} was: {setup_arguments(read_setup(adata))}")
     model = cls(adata, cfg, global_input=ckpt.get("global_input"))
     state = ckpt["state_dict"]
     if ckpt["kind"] != "native":
@@ -446,3 +476,25 @@ def _check_native_fits(cls, ckpt: dict, adata: AnnData, cfg: Config | None, path
             f"n_embed mismatch: checkpoint {ckpt['n_embed']}, config {cfg.model.n_embed}"
         )
     return cfg
+
+
+def checkpoint_payload(model) -> dict:
+    """What :meth:`save` writes for a ``BaseModel`` (``write_checkpoint`` adds the format)."""
+    history = None
+    if model.history_ is not None:
+        history = {c: [plain_value(v) for v in model.history_[c]] for c in model.history_}
+    return {
+        "interscale_version": __version__,
+        "model_class": type(model).__name__,
+        "components": {"local": model._local, "global": model._global},
+        "state_dict": {k: v.detach().cpu() for k, v in model.module.state_dict().items()},
+        "config": plain_tree(model.cfg.to_dict()),
+        "gene_names": list(model.gene_names),
+        "layer_key": model.layer_key,
+        "sample_key": list(model.sample_keys),
+        "setup": setup_arguments(model._setup),
+        "n_embed": int(model.module.n_embed),
+        "history": history,
+        "best_epoch": model.best_epoch_,
+        "global_input": model._global_input,
+    }

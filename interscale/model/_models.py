@@ -24,14 +24,14 @@ class CombinedModel(BaseModel):
     Parameters
     ----------
     adata
-        AnnData prepared with :meth:`CombinedModel._setup_anndata`. A spatial graph is built into
+        AnnData prepared with :meth:`CombinedModel.setup_anndata`. A spatial graph is built into
         ``obsp["spatial_connectivities"]`` from the config's radius when it is missing.
     cfg
         Config from :func:`interscale.config.load_config` (default: all defaults).
 
     Examples
     --------
-    >>> CombinedModel._setup_anndata(adata, layer_key="log1p_norm", sample_key_list=["sample"])
+    >>> CombinedModel.setup_anndata(adata, layer_key="log1p_norm", sample_key_list=["sample"])
     >>> model = CombinedModel(adata, cfg)
     >>> model.train(max_epochs=50)
     >>> model.get_model_output(adata)

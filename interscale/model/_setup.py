@@ -108,12 +108,12 @@ def setup_anndata(
     view_registry: bool = True,
     halo_key: str | None = None,
 ) -> dict[str, Any]:
-    """Validate ``adata`` for training and write the setup record (see ``_setup_anndata``).
+    """Validate ``adata`` for training and write the setup record (see ``setup_anndata``).
 
     Everything is checked before anything is written, so a failing call leaves ``adata`` as it
     was. Returns the record.
     """
-    check_anndata(adata, f"{model_name}._setup_anndata")
+    check_anndata(adata, f"{model_name}.setup_anndata")
     if prediction_task != "regression":
         raise ValueError(
             f"prediction_task {prediction_task!r} is not supported; InterScale reconstructs "
@@ -176,3 +176,37 @@ def _print_registry(model_name, layer_key, sample_keys, sizes, adata, split, hal
     print(f"InterScale setup ({model_name})")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+
+
+# The arguments of setup_anndata that a checkpoint stores, so that load() can replay the setup.
+_REPLAYED = ("layer_key", "sample_key", "split_key", "prediction_task", "group_key", "halo_key")
+
+
+def setup_arguments(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a setup record that :func:`replay_setup` needs (what a checkpoint stores)."""
+    return {k: record[k] for k in _REPLAYED if record.get(k) is not None}
+
+
+def replay_setup(cls, adata: AnnData, stored: Mapping[str, Any], source: str) -> None:
+    """Run ``cls.setup_anndata`` on ``adata`` with a checkpoint's stored setup arguments.
+
+    Raises the error of the setup, of the same type, prefixed with what was replayed and from
+    where, so that the user sees which column or layer the checkpoint expects.
+    """
+    args = {
+        "layer_key": stored.get("layer_key"),
+        "sample_key_list": list(stored["sample_key"]),
+        "split_key": stored.get("split_key", "split"),
+        "prediction_task": stored.get("prediction_task", "regression"),
+        "group_key": stored.get("group_key"),
+        "halo_key": stored.get("halo_key"),
+    }
+    try:
+        cls.setup_anndata(adata, **args, view_registry=False)
+    except (KeyError, ValueError, TypeError) as exc:
+        told = ", ".join(f"{k}={v!r}" for k, v in args.items() if v is not None)
+        message = exc.args[0] if exc.args else str(exc)
+        raise type(exc)(
+            f"adata is not set up, and replaying the setup stored in {source} "
+            f"({cls.__name__}.setup_anndata({told})) failed: {message}"
+        ) from exc

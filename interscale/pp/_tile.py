@@ -105,7 +105,7 @@ def tile(
     context instead: the halo of a tile is every cell of the same sample, outside the tile, whose
     Euclidean distance to at least one cell of the tile is at most ``halo`` (same units as the
     coordinates, e.g. micrometres). Register it with
-    ``_setup_anndata(..., sample_key_list=[key_added], halo_key=f"{key_added}_halo")``: halo
+    ``setup_anndata(..., sample_key_list=[key_added], halo_key=f"{key_added}_halo")``: halo
     cells are then encoded with their tile but never masked, never in the loss and never written
     as outputs of that tile. A cell can be in the halo of several tiles, never in its own.
 

@@ -61,7 +61,7 @@ def frozen_config():
 
 
 def setup(adata, cls=CombinedModel):
-    cls._setup_anndata(
+    cls.setup_anndata(
         adata, layer_key="log1p_norm", sample_key_list=["sample"], view_registry=False
     )
 
