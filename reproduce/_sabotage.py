@@ -55,6 +55,7 @@ NUMERICS_PATHS = (
     "interscale/nn",
     "interscale/train",
     "interscale/model",
+    "interscale/config",
     "config_files",
     "notebooks",
     "reproduce/profiles",
