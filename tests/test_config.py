@@ -710,3 +710,34 @@ def test_round_trip_property(lr, wd, batch_size, pct, n_heads, mult, radius, n_e
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     graph = cfg.dataset.spatial_neighbors_kwargs
     assert (graph.radius is None) != (graph.n_neighs is None)
+
+
+def _compatibility_only_fields(section, prefix: str = "") -> list[str]:
+    """Dotted paths of the fields whose docstring entry starts with "Compatibility only"."""
+    lines = (type(section).__doc__ or "").split("\n")
+    marked: set[str] = set()
+    for line, following in zip(lines, lines[1:], strict=False):
+        names = line.strip()
+        if line.startswith("    ") and not line.startswith("     ") and names:
+            if following.strip().startswith("Compatibility only"):
+                marked.update(n.strip() for n in names.split(","))
+    out = []
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if dataclasses.is_dataclass(value):
+            out += _compatibility_only_fields(value, f"{prefix}{field.name}.")
+        elif field.name in marked:
+            out.append(prefix + field.name)
+    return out
+
+
+def test_readme_lists_exactly_the_compatibility_only_fields():
+    """The README's compatibility section is the one list of keys stored but never used."""
+    fields = set(_compatibility_only_fields(load_config(None)))
+    assert len(fields) >= 15, sorted(fields)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Compatibility with the published API", 1)[1].split("\n## ", 1)[0]
+    paragraph = section.split("InterScale does not use them:", 1)[1]
+    listed = {m.strip("`") for m in paragraph.replace("\n", " ").split(", ")}
+    listed = {x.strip().rstrip(".").strip("`") for x in listed}
+    assert listed == fields
