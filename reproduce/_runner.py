@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from interscale._io import atomic_write_text
+from interscale.evaluation import read_metrics
 from reproduce._bands import compare, format_table, load_expected, summary_line
 from reproduce._sabotage import (
     band_matrix,
@@ -33,17 +34,17 @@ _NONDETERMINISTIC = ("seconds",)
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
+    # a temp file beside the target, then a rename: a reader never sees half a file
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(text, path)
-
-
-def _gather_metrics(metrics_dir: Path) -> dict[str, Any]:
-    out = {}
-    for path in sorted(metrics_dir.glob("metrics_*.json")):
-        k = path.stem.split("_", 1)[1]
-        for name, value in json.loads(path.read_text()).items():
-            out[f"{k}.{name}"] = value
-    return out
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _export_html(nb_path: Path) -> None:
@@ -179,7 +180,7 @@ def run_profile(
         )
         if result["failed"]:
             break
-    result["metrics"] = _gather_metrics(metrics_dir)
+    result["metrics"] = read_metrics(metrics_dir)
     _write_text_atomic(json.dumps(result, indent=2, sort_keys=True), out / "metrics.json")
     return result
 

@@ -16,12 +16,14 @@ from interscale.evaluation._heldout import (
 )
 from interscale.evaluation._latent import latent_correlation_matrix, latent_rank_report
 from interscale.evaluation._loadings import gene_loadings
+from interscale.evaluation._programs import heldout_program_metrics
 from interscale.evaluation._ranks import (
     BootstrapFallbackWarning,
     calculate_gene_ranks,
     gene_ranks_from_model,
     gene_ranks_from_r2,
 )
+from interscale.evaluation._records import read_metrics, write_metrics
 from interscale.evaluation._report import evaluate_to_folder
 
 __all__ = [
@@ -38,10 +40,13 @@ __all__ = [
     "gene_ranks_from_model",
     "gene_ranks_from_r2",
     "get_genes_dim",
+    "heldout_program_metrics",
     "heldout_r2",
     "latent_correlation_matrix",
     "latent_rank_report",
     "linear_baselines",
+    "read_metrics",
     "report_cells",
     "training_mean_predictions",
+    "write_metrics",
 ]

@@ -1,12 +1,10 @@
-"""Model-quality metrics of the reproduction, shared by the notebooks and the tests.
+"""Held-out scores per planted program: both heads next to the ridge floors, AUROC and gaps.
 
-Every number here is scored on the held-out samples, the test organoids, which neither training
-nor early stopping saw (the validation organoids choose the best epoch and stop training, so they
-are not unseen), and read per planted program next to the ridge floors of
+For data whose genes carry planted ground truth in ``var["program"]`` (the built-in synthetic
+organoids): every number is scored on the held-out split values only (by default the test
+samples, which neither training nor early stopping saw) and read next to the ridge floors of
 :func:`interscale.tl.linear_baselines` scored on the same cells, so that a model that never
-learned cannot pass the expected values: ``python -m reproduce --sabotage`` runs the notebooks
-with sabotaged models (see :mod:`reproduce._sabotage`) and checks that every model band rejects
-at least one of them.
+learned cannot look good.
 """
 
 from __future__ import annotations
@@ -16,9 +14,12 @@ from collections.abc import Sequence
 import pandas as pd
 from anndata import AnnData
 
-PROGRAMS = ("local", "global", "both", "none")
-# the split that neither training nor early stopping saw
-HELDOUT = ("test",)
+from interscale.evaluation._baselines import linear_baselines
+from interscale.evaluation._claims import auroc_rank_difference
+from interscale.evaluation._heldout import HELDOUT_SPLITS
+from interscale.evaluation._ranks import calculate_gene_ranks
+
+__all__ = ["heldout_program_metrics"]
 
 
 def heldout_program_metrics(
@@ -27,7 +28,7 @@ def heldout_program_metrics(
     layer: str,
     split_key: str = "split",
     library_key: str = "sample",
-    heldout: Sequence[str] = HELDOUT,
+    heldout: Sequence[str] = HELDOUT_SPLITS,
     pred_local: str = "_y_pred_local",
     pred_global: str = "_y_pred_global",
     baselines: pd.DataFrame | None = None,
@@ -75,13 +76,10 @@ def heldout_program_metrics(
     KeyError
         ``adata.var`` has no ``program`` column.
     """
-    import interscale as isc
-    from interscale.evaluation import auroc_rank_difference, calculate_gene_ranks
-
     if "program" not in adata.var:
         raise KeyError("heldout_program_metrics needs the planted programs in adata.var['program']")
     if baselines is None:
-        baselines = isc.tl.linear_baselines(
+        baselines = linear_baselines(
             adata,
             layer_key=layer,
             library_key=library_key,
