@@ -650,6 +650,29 @@ def test_with_overrides_linked_keys():
     assert rad.dataset.spatial_neighbors_kwargs.n_neighs is None
 
 
+def test_with_overrides_null_graph_kind_keeps_the_other():
+    # Only a value clears the other kind; null leaves it as it was (here the file's radius).
+    cfg = load_config(CONFIG_DIR / "legnini_example.yaml")
+    new = with_overrides(cfg, {"dataset.spatial_neighbors_kwargs.n_neighs": None})
+    assert new == cfg
+    knn = with_overrides(cfg, {"dataset.spatial_neighbors_kwargs": {"n_neighs": 4}})
+    assert (knn.dataset.spatial_neighbors_kwargs.radius, knn.dataset.sample_key) == (
+        None,
+        cfg.dataset.sample_key,
+    )
+
+
+_LEAVES = sorted(".".join(path) for path, _ in _leaves(Config().to_dict()))
+
+
+@pytest.mark.parametrize("dotted", _LEAVES)
+def test_every_key_is_type_checked_naming_its_path(dotted):
+    # A key declared without a real check would store any value silently.
+    with pytest.raises(ConfigTypeError) as info:
+        config_from_dict(_nested(dotted, object()))
+    assert dotted in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("overrides", "exc", "fragment"),
     [

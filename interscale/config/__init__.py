@@ -43,9 +43,11 @@ Other conventions:
 - Keys marked "compatibility only" below are accepted, type-checked and stored with the published
   default so that published configs load, but InterScale does not use them.
 
-Layout of the package: ``_checks`` (errors and value checks), ``_aliases`` (published spellings),
-``_model``, ``_optim`` and ``_dataset`` (the sections), ``_schema`` (:class:`Config`, parsing and
-overrides) and ``_yaml`` (files). The option vocabularies come from :mod:`interscale.names`.
+Layout of the package: ``_checks`` (errors, value checks and the section base that runs each
+field's check), ``_aliases`` (published spellings), ``_model``, ``_optim`` and ``_dataset`` (the
+sections, one declaration line per key), ``_schema`` (:class:`Config` and the one walk over the
+sections for parsing, :meth:`Config.to_dict` and overrides) and ``_yaml`` (files). The option
+vocabularies come from :mod:`interscale.names`.
 """
 
 from interscale.names import (
@@ -103,9 +105,3 @@ __all__ = [
     "tutorial_config",
     "with_overrides",
 ]
-
-# The errors say they live here, as before the split into modules, so that a traceback still
-# ends in ``interscale.config.ConfigError: ...``. (The dataclasses keep their own modules, where
-# ``typing.get_type_hints`` finds the names their annotations use.)
-ConfigError.__module__ = __name__
-ConfigTypeError.__module__ = __name__

@@ -2,7 +2,7 @@
 
 Key aliases map a published key to its canonical name within one section; value aliases map a
 published value to the canonical one. Names the published package accepted but InterScale does
-not implement get a message of their own instead of a bare "must be one of".
+not implement get a note of their own after the "must be one of" error.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ __all__ = [
     "OPTIM_KEY_ALIASES",
     "UNSUPPORTED_LOCAL_COMPONENTS",
     "UNSUPPORTED_LOSSES",
-    "local_component_note",
-    "loss_note",
 ]
 
 #: ``optim``: published key -> canonical key.
@@ -30,48 +28,14 @@ DATASET_KEY_ALIASES: dict[str, str] = {
 #: ``optim.accelerator``: published value (lower-cased) -> canonical value.
 ACCELERATOR_ALIASES: dict[str, str] = {"gpu": "cuda"}
 
-#: Published local components that InterScale does not implement.
-UNSUPPORTED_LOCAL_COMPONENTS: tuple[str, ...] = ("SCVI", "Precomputed")
-
-#: Published losses that InterScale does not implement.
-UNSUPPORTED_LOSSES: tuple[str, ...] = (
-    "BalancedPearsonCorrelationLoss",
-    "SCELoss",
-    "SCE_EntropyATT_Loss",
+#: Published local components that InterScale does not implement -> note for the error.
+UNSUPPORTED_LOCAL_COMPONENTS: dict[str, str] = dict.fromkeys(
+    ("SCVI", "Precomputed"),
+    " (the published 'SCVI' and 'Precomputed' local components are not supported)",
 )
 
-
-def local_component_note(name: object) -> str:
-    """Return the note appended to the error for an unknown ``model.local_component.name``.
-
-    Parameters
-    ----------
-    name
-        The value given.
-
-    Returns
-    -------
-    str
-        An explanation for a published but unsupported component, else ``""``.
-    """
-    if name in UNSUPPORTED_LOCAL_COMPONENTS:
-        return " (the published 'SCVI' and 'Precomputed' local components are not supported)"
-    return ""
-
-
-def loss_note(name: object) -> str:
-    """Return the note appended to the error for an unknown ``optim.loss``.
-
-    Parameters
-    ----------
-    name
-        The value given.
-
-    Returns
-    -------
-    str
-        An explanation for a published but unsupported loss, else ``""``.
-    """
-    if name in UNSUPPORTED_LOSSES:
-        return f" ({name!r} is a published loss that InterScale does not support)"
-    return ""
+#: Published losses that InterScale does not implement -> note for the error.
+UNSUPPORTED_LOSSES: dict[str, str] = {
+    name: f" ({name!r} is a published loss that InterScale does not support)"
+    for name in ("BalancedPearsonCorrelationLoss", "SCELoss", "SCE_EntropyATT_Loss")
+}

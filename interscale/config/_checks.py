@@ -1,14 +1,24 @@
-"""Errors and value checks of the config; each check names the full dotted path in its message."""
+"""Errors, value checks and the base of every section; each message names the full dotted path.
+
+A section is a frozen dataclass whose fields are declared with :func:`_value`: the default and the
+check that validates and normalises a given value. :class:`_Section` runs the checks in field
+order, then the section's rules that tie several fields together (``_validate``).
+"""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import numbers
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import field, fields
+from typing import Any, ClassVar
 
 __all__ = ["ConfigError", "ConfigTypeError"]
+
+#: A field's check: ``check(value, dotted_path)`` returns the value to store or raises.
+Check = Callable[[Any, str], Any]
 
 
 class ConfigError(ValueError):
@@ -20,7 +30,7 @@ class ConfigTypeError(ConfigError, TypeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Value checks. Each takes the full dotted path so that every message can name it.
+# Value checks: check(value, path) -> stored value.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -32,6 +42,10 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
 def _is_unset(value: Any, *, empty_is_unset: bool = False) -> bool:
     # "None" is what the published yacs loader turned into None via literal_eval.
     if value is None or (isinstance(value, str) and value == "None"):
@@ -40,7 +54,6 @@ def _is_unset(value: Any, *, empty_is_unset: bool = False) -> bool:
 
 
 def _suggest(value: str, choices: Iterable[str]) -> str | None:
-    choices = list(choices)
     lowered = {c.lower(): c for c in choices}
     if value.lower() in lowered:
         return lowered[value.lower()]
@@ -106,23 +119,20 @@ def _as_str(value: Any, path: str) -> str:
     return value
 
 
-def _as_opt_str(value: Any, path: str) -> str | None:
-    return None if _is_unset(value, empty_is_unset=True) else _as_str(value, path)
-
-
-def _as_choice(value: Any, path: str, choices: Iterable[str], *, note: str = "") -> str:
-    choices = tuple(choices)
+def _as_choice(
+    value: Any, path: str, choices: tuple[str, ...], notes: Mapping[str, str] | None = None
+) -> str:
+    listed = ", ".join(map(repr, choices))
     if not isinstance(value, str):
         raise ConfigTypeError(
-            f"{path} must be one of {', '.join(map(repr, choices))}, "
-            f"got {_show(value)} ({_kind(value)})"
+            f"{path} must be one of {listed}, got {_show(value)} ({_kind(value)})"
         )
     if value not in choices:
+        msg = f"{path} must be one of {listed}, got {value!r}"
         hint = _suggest(value, choices)
-        msg = f"{path} must be one of {', '.join(map(repr, choices))}, got {value!r}"
         if hint is not None:
             msg += f"; did you mean {hint!r}?"
-        raise ConfigError(msg + note)
+        raise ConfigError(msg + (notes or {}).get(value, ""))
     return value
 
 
@@ -147,32 +157,23 @@ def _as_int_tuple(value: Any, path: str, *, minimum: int) -> tuple[int, ...]:
     return tuple(_as_int(v, f"{path}[{i}]", minimum=minimum) for i, v in enumerate(value))
 
 
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | bool | int | float)
-
-
 def _as_subset(value: Any, path: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     # Stored as pairs rather than a dict so that the frozen config stays hashable.
+    what = f"{path} must be a mapping of obs column -> list of values, got {_show(value)}"
     if isinstance(value, Mapping):
         items = list(value.items())
     elif isinstance(value, list | tuple):
         items = list(value)
-        for item in items:
-            if not (isinstance(item, list | tuple) and len(item) == 2):
-                raise ConfigTypeError(
-                    f"{path} must be a mapping of obs column -> list of values, got {_show(value)}"
-                )
+        if not all(isinstance(item, list | tuple) and len(item) == 2 for item in items):
+            raise ConfigTypeError(what)
     else:
-        raise ConfigTypeError(
-            f"{path} must be a mapping of obs column -> list of values, "
-            f"got {_show(value)} ({_kind(value)})"
-        )
+        raise ConfigTypeError(f"{what} ({_kind(value)})")
     out = []
     for key, vals in items:
         _as_str(key, f"{path} key")
         vals = tuple(vals) if isinstance(vals, list | tuple) else (vals,)
         for i, v in enumerate(vals):
-            if not _is_scalar(v):
+            if not (v is None or isinstance(v, str | bool | int | float)):
                 raise ConfigTypeError(
                     f"{path}.{key}[{i}] must be a string, number or boolean, got {_kind(v)}"
                 )
@@ -180,13 +181,103 @@ def _as_subset(value: Any, path: str) -> tuple[tuple[str, tuple[Any, ...]], ...]
     return tuple(out)
 
 
-def _require(obj: Any, name: str, cls: type, path: str) -> None:
-    value = getattr(obj, name)
-    if not isinstance(value, cls):
-        raise ConfigTypeError(
-            f"{path}.{name} must be a {cls.__name__} (a mapping in YAML), got {_kind(value)}"
-        )
+# Factories of the checks that take settings, so that a field declaration reads in one line.
 
 
-def _set(obj: Any, name: str, value: Any) -> None:
-    object.__setattr__(obj, name, value)
+def _int(*, minimum: int | None = None) -> Check:
+    return lambda value, path: _as_int(value, path, minimum=minimum)
+
+
+def _float(**bounds: Any) -> Check:
+    return lambda value, path: _as_float(value, path, **bounds)
+
+
+def _choice(choices: tuple[str, ...], notes: Mapping[str, str] | None = None) -> Check:
+    return lambda value, path: _as_choice(value, path, choices, notes)
+
+
+def _optional(check: Check, *, empty: bool = False, unset: Any = None) -> Check:
+    """``check``, except that an unset value (``None``, ``"None"``, ``""`` if ``empty``) is
+    stored as ``unset``."""
+    return lambda value, path: (
+        unset if _is_unset(value, empty_is_unset=empty) else check(value, path)
+    )
+
+
+def _nonempty(hint: str = "") -> Check:
+    def check(value: Any, path: str) -> str:
+        if not _as_str(value, path):
+            raise ConfigError(f"{path} must not be empty{hint}")
+        return value
+
+    return check
+
+
+#: Dropout rates.
+_DROPOUT = _float(low=0, high=1, high_open=True)
+#: Optional names and paths: unset and ``""`` are stored as ``None``.
+_OPT_STR = _optional(_as_str, empty=True)
+
+
+def _value(default: Any, check: Check, plain: Callable[[Any], Any] | None = None) -> Any:
+    """A section field: its default, the check that validates and normalises a given value and,
+    where the stored form is not plain data, how :meth:`Config.to_dict` writes it."""
+    return field(default=default, metadata={"check": check, "plain": plain})
+
+
+# ---------------------------------------------------------------------------------------------
+# The base of every section.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Section:
+    """Base of the sections: checks each field with its full dotted path, then ``_validate``.
+
+    A subclass names its place in the file and its published key aliases as class keywords,
+    ``class OptimConfig(_Section, path="optim", aliases={"wd": "weight_decay"})``; a field whose
+    default factory is a section class is a nested section.
+    """
+
+    _PATH: ClassVar[str] = ""
+    _ALIASES: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, path: str = "", aliases: Mapping[str, str] | None = None) -> None:
+        super().__init_subclass__()
+        cls._PATH, cls._ALIASES = path, dict(aliases or {})
+
+    def __post_init__(self) -> None:
+        nested = _sections(type(self))
+        for f in fields(self):
+            value, where = getattr(self, f.name), _join(self._PATH, f.name)
+            if f.name in nested:
+                if not isinstance(value, nested[f.name]):
+                    where = where if self._PATH else f"section '{f.name}'"
+                    raise ConfigTypeError(
+                        f"{where} must be a {nested[f.name].__name__} (a mapping in YAML), "
+                        f"got {_kind(value)}"
+                    )
+            else:
+                # Frozen: the normalised value (int from 2.0, tuple from a list) goes in directly.
+                object.__setattr__(self, f.name, f.metadata["check"](value, where))
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check the rules that tie several fields together (after every field's own check)."""
+
+    @classmethod
+    def _prepare(cls, kwargs: dict[str, Any], given: set[str]) -> None:
+        """Adjust the values to build from before construction, by which keys were ``given``.
+
+        ``kwargs`` holds the given values (a file) or the old ones updated with the given ones
+        (overrides); only parsing calls this, so direct construction takes values as they are.
+        """
+
+
+@functools.cache
+def _sections(cls: type) -> dict[str, type[_Section]]:
+    """The nested sections of a section class: field name -> section class."""
+    return {
+        f.name: f.default_factory
+        for f in fields(cls)
+        if isinstance(f.default_factory, type) and issubclass(f.default_factory, _Section)
+    }

@@ -2,34 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from ._aliases import DATASET_KEY_ALIASES
 from ._checks import (
+    _OPT_STR,
     ConfigError,
     ConfigTypeError,
     _as_bool,
-    _as_choice,
     _as_float,
-    _as_int,
-    _as_opt_str,
     _as_str,
     _as_str_tuple,
     _as_subset,
+    _choice,
+    _float,
+    _int,
     _is_unset,
-    _require,
-    _set,
+    _nonempty,
+    _optional,
+    _Section,
     _show,
+    _value,
 )
-from ._section import _Section
 
 __all__ = ["DatasetConfig", "SpatialNeighborsConfig"]
 
 
 @dataclass(frozen=True)
-class SpatialNeighborsConfig(_Section):
+class SpatialNeighborsConfig(_Section, path="dataset.spatial_neighbors_kwargs"):
     """``dataset.spatial_neighbors_kwargs`` (published spelling ``spatial_neigbors_kwargs``).
 
     Exactly one of ``radius`` and ``n_neighs`` is set. Giving only ``n_neighs`` in a file selects
@@ -55,53 +56,55 @@ class SpatialNeighborsConfig(_Section):
         graph as it is, and the model says which graph it used (``model.graph_source_``).
     """
 
-    _PATH: ClassVar[str] = "dataset.spatial_neighbors_kwargs"
-
-    radius: float | None = 50.0
-    n_neighs: int | None = None
-    coord_type: str | None = "generic"
-    library_key: str | None = None
-    spatial_key: str = "spatial"
-    rebuild: bool = False
+    radius: float | None = _value(50.0, _optional(_float(low=0, low_open=True)))
+    n_neighs: int | None = _value(None, _optional(_int(minimum=1)))
+    coord_type: str | None = _value("generic", _optional(_choice(("generic", "grid"))))
+    library_key: str | None = _value(None, _OPT_STR)
+    spatial_key: str = _value("spatial", _nonempty())
+    rebuild: bool = _value(False, _as_bool)
 
     @classmethod
-    def _prepare(cls, kwargs: dict[str, Any]) -> None:
-        # The default radius must not collide with a user who asks for a kNN graph.
-        if "radius" not in kwargs and not _is_unset(kwargs.get("n_neighs")):
-            kwargs["radius"] = None
+    def _prepare(cls, kwargs: dict[str, Any], given: set[str]) -> None:
+        # Giving one of the two graph kinds clears the other, so that the default radius (or an
+        # overridden config's old one) does not collide with a kNN graph asked for.
+        for key, other in (("n_neighs", "radius"), ("radius", "n_neighs")):
+            if key in given and other not in given and not _is_unset(kwargs[key]):
+                kwargs[other] = None
 
-    def __post_init__(self) -> None:
-        p = self._PATH
-        radius = None if _is_unset(self.radius) else self.radius
-        if radius is not None:
-            radius = _as_float(radius, f"{p}.radius", low=0, low_open=True)
-        n_neighs = None if _is_unset(self.n_neighs) else self.n_neighs
-        if n_neighs is not None:
-            n_neighs = _as_int(n_neighs, f"{p}.n_neighs", minimum=1)
-        if (radius is None) == (n_neighs is None):
+    def _validate(self) -> None:
+        if (self.radius is None) == (self.n_neighs is None):
             hint = ""
-            if radius is not None:
+            if self.radius is not None:
                 # Published configs carried both (defaults 50 and 6); squidpy then used radius.
                 hint = "; set n_neighs: null for a radius graph or radius: null for a kNN graph"
             raise ConfigError(
-                f"{p}: set exactly one of 'radius' and 'n_neighs', got radius={radius} and "
-                f"n_neighs={n_neighs}{hint}"
+                f"{self._PATH}: set exactly one of 'radius' and 'n_neighs', got "
+                f"radius={self.radius} and n_neighs={self.n_neighs}{hint}"
             )
-        _set(self, "radius", radius)
-        _set(self, "n_neighs", n_neighs)
-        coord = None if _is_unset(self.coord_type) else self.coord_type
-        if coord is not None:
-            _as_choice(coord, f"{p}.coord_type", ("generic", "grid"))
-        _set(self, "coord_type", coord)
-        _set(self, "library_key", _as_opt_str(self.library_key, f"{p}.library_key"))
-        _as_str(self.spatial_key, f"{p}.spatial_key")
-        if not self.spatial_key:
-            raise ConfigError(f"{p}.spatial_key must not be empty")
-        _as_bool(self.rebuild, f"{p}.rebuild")
+
+
+def _sample_keys(value: Any, path: str) -> tuple[str, ...]:
+    keys = _as_str_tuple(value, path)
+    if any(not k for k in keys):
+        raise ConfigError(f"{path} must not contain empty names, got {keys}")
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{path} has repeated names: {list(keys)}")
+    return keys
+
+
+def _fraction_pair(value: Any, path: str) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ConfigTypeError(
+            f"{path} must be null or a list [node_fraction, overflow_fraction], got {_show(value)}"
+        )
+    return tuple(_as_float(v, f"{path}[{i}]", low=0, high=1) for i, v in enumerate(value))
+
+
+_SHARE = _float(low=0, high=1)
 
 
 @dataclass(frozen=True)
-class DatasetConfig(_Section):
+class DatasetConfig(_Section, path="dataset", aliases=DATASET_KEY_ALIASES):
     """``dataset``.
 
     Attributes
@@ -175,104 +178,43 @@ class DatasetConfig(_Section):
         Compatibility only (default ``None``).
     """
 
-    _PATH: ClassVar[str] = "dataset"
-    _ALIASES: ClassVar[dict[str, str]] = DATASET_KEY_ALIASES
-    _NESTED: ClassVar[dict[str, Callable[[], type]]] = {
-        "spatial_neighbors_kwargs": lambda: SpatialNeighborsConfig
-    }
-
-    h5ad_data: str | None = None
-    name: str = ""
-    description: str = ""
-    prediction_task: str = "regression"
-    prediction_obs: str | None = None
-    prediction_level: str = "node"
-    layer_key: str | None = None
-    counts_layer: str = "auto"
-    sample_key: tuple[str, ...] = ()
-    group_label: str | None = None
-    split_key: str = "split"
-    tile_max_cells: int | None = None
-    tile_key: str = "tile"
+    h5ad_data: str | None = _value(None, _OPT_STR)
+    name: str = _value("", _as_str)
+    description: str = _value("", _as_str)
+    prediction_task: str = _value("regression", _choice(("regression", "classification")))
+    prediction_obs: str | None = _value(None, _OPT_STR)
+    prediction_level: str = _value("node", _choice(("node", "graph")))
+    layer_key: str | None = _value(None, _OPT_STR)
+    counts_layer: str = _value("auto", _nonempty(" (use 'auto' or 'X')"))
+    sample_key: tuple[str, ...] = _value((), _sample_keys)
+    group_label: str | None = _value(None, _OPT_STR)
+    split_key: str = _value("split", _nonempty())
+    tile_max_cells: int | None = _value(None, _optional(_int(minimum=1)))
+    tile_key: str = _value("tile", _nonempty())
     spatial_neighbors_kwargs: SpatialNeighborsConfig = field(default_factory=SpatialNeighborsConfig)
-    batch_size: int = 32
-    train_size: float = 0.7
-    val_size: float = 0.2
-    test_size: float = 0.1
-    num_features: int = -1
-    num_classes: int = -1
-    k_folds: int = 0
-    stratify_group: str | None = None
-    pct_mask_nodes: float = 0.2
-    segmentation_robustness: tuple[float, float] | None = None
-    fine_tuning: tuple[str, ...] = ()
-    subset_dict: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-    obs_split: str | None = None
+    batch_size: int = _value(32, _int(minimum=1))
+    train_size: float = _value(0.7, _SHARE)
+    val_size: float = _value(0.2, _SHARE)
+    test_size: float = _value(0.1, _SHARE)
+    num_features: int = _value(-1, _int(minimum=-1))
+    num_classes: int = _value(-1, _int(minimum=-1))
+    k_folds: int = _value(0, _int(minimum=0))
+    stratify_group: str | None = _value(None, _OPT_STR)
+    pct_mask_nodes: float = _value(0.2, _float(low=0, high=1, low_open=True, high_open=True))
+    segmentation_robustness: tuple[float, float] | None = _value(None, _optional(_fraction_pair))
+    fine_tuning: tuple[str, ...] = _value((), _as_str_tuple)
+    subset_dict: tuple[tuple[str, tuple[Any, ...]], ...] = _value(
+        (), _optional(_as_subset, unset=()), plain=lambda pairs: {k: list(v) for k, v in pairs}
+    )
+    obs_split: str | None = _value(None, _OPT_STR)
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         p = self._PATH
-        for name in ("h5ad_data", "prediction_obs", "layer_key", "group_label"):
-            _set(self, name, _as_opt_str(getattr(self, name), f"{p}.{name}"))
-        for name in ("stratify_group", "obs_split"):
-            _set(self, name, _as_opt_str(getattr(self, name), f"{p}.{name}"))
-        _as_str(self.name, f"{p}.name")
-        _as_str(self.counts_layer, f"{p}.counts_layer")
-        if not self.counts_layer:
-            raise ConfigError(f"{p}.counts_layer must not be empty (use 'auto' or 'X')")
-        _as_str(self.description, f"{p}.description")
-        _as_choice(self.prediction_task, f"{p}.prediction_task", ("regression", "classification"))
-        _as_choice(self.prediction_level, f"{p}.prediction_level", ("node", "graph"))
-        _set(self, "sample_key", _as_str_tuple(self.sample_key, f"{p}.sample_key"))
-        if any(not k for k in self.sample_key):
-            raise ConfigError(f"{p}.sample_key must not contain empty names, got {self.sample_key}")
-        if len(set(self.sample_key)) != len(self.sample_key):
-            raise ConfigError(f"{p}.sample_key has repeated names: {list(self.sample_key)}")
-        _as_str(self.split_key, f"{p}.split_key")
-        if not self.split_key:
-            raise ConfigError(f"{p}.split_key must not be empty")
-        self._check_tiling()
-        _require(self, "spatial_neighbors_kwargs", SpatialNeighborsConfig, p)
-        _set(self, "batch_size", _as_int(self.batch_size, f"{p}.batch_size", minimum=1))
-        for name in ("train_size", "val_size", "test_size"):
-            value = _as_float(getattr(self, name), f"{p}.{name}", low=0, high=1)
-            _set(self, name, value)
         if self.train_size + self.val_size > 1 + 1e-9:
             raise ConfigError(
                 f"{p}.train_size + {p}.val_size must be <= 1, got "
                 f"{self.train_size} + {self.val_size}"
             )
-        _set(self, "num_features", _as_int(self.num_features, f"{p}.num_features", minimum=-1))
-        _set(self, "num_classes", _as_int(self.num_classes, f"{p}.num_classes", minimum=-1))
-        _set(self, "k_folds", _as_int(self.k_folds, f"{p}.k_folds", minimum=0))
-        pct = _as_float(
-            self.pct_mask_nodes, f"{p}.pct_mask_nodes", low=0, high=1, low_open=True, high_open=True
-        )
-        _set(self, "pct_mask_nodes", pct)
-        seg = self.segmentation_robustness
-        if _is_unset(seg):
-            seg = None
-        else:
-            path = f"{p}.segmentation_robustness"
-            if not isinstance(seg, list | tuple) or len(seg) != 2:
-                raise ConfigTypeError(
-                    f"{path} must be null or a list [node_fraction, overflow_fraction], "
-                    f"got {_show(seg)}"
-                )
-            seg = tuple(_as_float(v, f"{path}[{i}]", low=0, high=1) for i, v in enumerate(seg))
-        _set(self, "segmentation_robustness", seg)
-        _set(self, "fine_tuning", _as_str_tuple(self.fine_tuning, f"{p}.fine_tuning"))
-        subset = () if _is_unset(self.subset_dict) else self.subset_dict
-        _set(self, "subset_dict", _as_subset(subset, f"{p}.subset_dict"))
-
-    def _check_tiling(self) -> None:
-        p = self._PATH
-        tile = self.tile_max_cells
-        if not _is_unset(tile):
-            tile = _as_int(tile, f"{p}.tile_max_cells", minimum=1)
-        _set(self, "tile_max_cells", None if _is_unset(tile) else tile)
-        _as_str(self.tile_key, f"{p}.tile_key")
-        if not self.tile_key:
-            raise ConfigError(f"{p}.tile_key must not be empty")
         if self.tile_max_cells is None:
             return
         if len(self.sample_key) > 1:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from interscale.names import (
     ACTIVATIONS,
@@ -15,20 +14,19 @@ from interscale.names import (
     LOCAL_COMPONENTS,
 )
 
-from ._aliases import local_component_note
+from ._aliases import UNSUPPORTED_LOCAL_COMPONENTS
 from ._checks import (
+    _DROPOUT,
+    _OPT_STR,
     ConfigError,
     _as_bool,
-    _as_choice,
-    _as_float,
-    _as_int,
     _as_int_tuple,
-    _as_opt_str,
+    _choice,
+    _int,
     _is_unset,
-    _require,
-    _set,
+    _Section,
+    _value,
 )
-from ._section import _Section
 
 __all__ = [
     "DecoderConfig",
@@ -41,7 +39,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class LocalParameters(_Section):
+class LocalParameters(_Section, path="model.local_component.parameters"):
     """``model.local_component.parameters``: the GNN (same defaults for GCN and GIN).
 
     Attributes
@@ -54,25 +52,13 @@ class LocalParameters(_Section):
         Dropout after each hidden layer, in [0, 1) (default 0.1).
     """
 
-    _PATH: ClassVar[str] = "model.local_component.parameters"
-
-    hidden_dim: int = 256
-    num_layers: int = 2
-    dropout_local: float = 0.1
-
-    def __post_init__(self) -> None:
-        p = self._PATH
-        _set(self, "hidden_dim", _as_int(self.hidden_dim, f"{p}.hidden_dim", minimum=1))
-        _set(self, "num_layers", _as_int(self.num_layers, f"{p}.num_layers", minimum=1))
-        _set(
-            self,
-            "dropout_local",
-            _as_float(self.dropout_local, f"{p}.dropout_local", low=0, high=1, high_open=True),
-        )
+    hidden_dim: int = _value(256, _int(minimum=1))
+    num_layers: int = _value(2, _int(minimum=1))
+    dropout_local: float = _value(0.1, _DROPOUT)
 
 
 @dataclass(frozen=True)
-class LocalComponentConfig(_Section):
+class LocalComponentConfig(_Section, path="model.local_component"):
     """``model.local_component``.
 
     Attributes
@@ -84,20 +70,12 @@ class LocalComponentConfig(_Section):
         :class:`LocalParameters`.
     """
 
-    _PATH: ClassVar[str] = "model.local_component"
-    _NESTED: ClassVar[dict[str, Callable[[], type]]] = {"parameters": lambda: LocalParameters}
-
-    name: str = "GCN"
+    name: str = _value("GCN", _choice(LOCAL_COMPONENTS, UNSUPPORTED_LOCAL_COMPONENTS))
     parameters: LocalParameters = field(default_factory=LocalParameters)
-
-    def __post_init__(self) -> None:
-        note = local_component_note(self.name)
-        _as_choice(self.name, f"{self._PATH}.name", LOCAL_COMPONENTS, note=note)
-        _require(self, "parameters", LocalParameters, self._PATH)
 
 
 @dataclass(frozen=True)
-class GlobalParameters(_Section):
+class GlobalParameters(_Section, path="model.global_component.parameters"):
     """``model.global_component.parameters``: the Transformer encoder.
 
     Attributes
@@ -135,24 +113,27 @@ class GlobalParameters(_Section):
         for checks). Not part of the architecture: a checkpoint loads under any kernel.
     """
 
-    _PATH: ClassVar[str] = "model.global_component.parameters"
-
-    n_heads: int = 4
-    dim_feedforward: int = 256
-    dropout_global: float = 0.1
-    activation_func: str = "relu"
-    num_layers: int = 2
-    max_seq_len: int = 2000
-    long_range_attention: bool = False
-    attention: str = "full"
-    long_range_mask_hops: int = 0
-    type_gex_embedding: str | None = None
-    kernel: str = "auto"
+    n_heads: int = _value(4, _int(minimum=1))
+    dim_feedforward: int = _value(256, _int(minimum=1))
+    dropout_global: float = _value(0.1, _DROPOUT)
+    activation_func: str = _value("relu", _choice(ACTIVATIONS))
+    num_layers: int = _value(2, _int(minimum=1))
+    max_seq_len: int = _value(2000, _int(minimum=1))
+    long_range_attention: bool = _value(False, _as_bool)
+    attention: str = _value("full", _choice(ATTENTION_SCOPES))
+    long_range_mask_hops: int = _value(0, _int(minimum=0))
+    type_gex_embedding: str | None = _value(None, _OPT_STR)
+    kernel: str = _value("auto", _choice(ATTENTION_KERNELS))
 
     @classmethod
-    def _prepare(cls, kwargs: dict[str, Any]) -> None:
-        # The published boolean and the new scope describe the same thing: whichever one the user
-        # gave determines the other; giving both is checked for agreement in __post_init__.
+    def _prepare(cls, kwargs: dict[str, Any], given: set[str]) -> None:
+        # The published boolean and the new scope describe the same thing: whichever one was
+        # given determines the other (an override of one drops the old value of the other);
+        # giving both is checked for agreement in _validate.
+        if "attention" in given and "long_range_attention" not in given:
+            kwargs.pop("long_range_attention", None)
+        elif "long_range_attention" in given and "attention" not in given:
+            kwargs.pop("attention", None)
         if _is_unset(kwargs.get("attention")):
             kwargs.pop("attention", None)
             if kwargs.get("long_range_attention") is True:
@@ -160,45 +141,18 @@ class GlobalParameters(_Section):
         elif "long_range_attention" not in kwargs and kwargs["attention"] == "long_range":
             kwargs["long_range_attention"] = True
 
-    def __post_init__(self) -> None:
-        p = self._PATH
-        _set(self, "n_heads", _as_int(self.n_heads, f"{p}.n_heads", minimum=1))
-        _set(
-            self,
-            "dim_feedforward",
-            _as_int(self.dim_feedforward, f"{p}.dim_feedforward", minimum=1),
-        )
-        _set(
-            self,
-            "dropout_global",
-            _as_float(self.dropout_global, f"{p}.dropout_global", low=0, high=1, high_open=True),
-        )
-        _as_choice(self.activation_func, f"{p}.activation_func", ACTIVATIONS)
-        _set(self, "num_layers", _as_int(self.num_layers, f"{p}.num_layers", minimum=1))
-        _set(self, "max_seq_len", _as_int(self.max_seq_len, f"{p}.max_seq_len", minimum=1))
-        _as_bool(self.long_range_attention, f"{p}.long_range_attention")
-        _as_choice(self.attention, f"{p}.attention", ATTENTION_SCOPES)
+    def _validate(self) -> None:
         if self.long_range_attention != (self.attention == "long_range"):
+            p = self._PATH
             raise ConfigError(
                 f"{p}.long_range_attention ({self.long_range_attention}) contradicts "
                 f"{p}.attention ({self.attention!r}): long_range_attention: true means "
                 "attention: long_range; set only one of the two keys"
             )
-        _set(
-            self,
-            "long_range_mask_hops",
-            _as_int(self.long_range_mask_hops, f"{p}.long_range_mask_hops", minimum=0),
-        )
-        _set(
-            self,
-            "type_gex_embedding",
-            _as_opt_str(self.type_gex_embedding, f"{p}.type_gex_embedding"),
-        )
-        _as_choice(self.kernel, f"{p}.kernel", ATTENTION_KERNELS)
 
 
 @dataclass(frozen=True)
-class GlobalComponentConfig(_Section):
+class GlobalComponentConfig(_Section, path="model.global_component"):
     """``model.global_component``.
 
     Attributes
@@ -211,25 +165,13 @@ class GlobalComponentConfig(_Section):
         Compatibility only (default ``None``).
     """
 
-    _PATH: ClassVar[str] = "model.global_component"
-    _NESTED: ClassVar[dict[str, Callable[[], type]]] = {"parameters": lambda: GlobalParameters}
-
-    name: str = "self-attn-transformer"
+    name: str = _value("self-attn-transformer", _choice(GLOBAL_COMPONENTS))
     parameters: GlobalParameters = field(default_factory=GlobalParameters)
-    latent_obsm_key: str | None = None
-
-    def __post_init__(self) -> None:
-        _as_choice(self.name, f"{self._PATH}.name", GLOBAL_COMPONENTS)
-        _require(self, "parameters", GlobalParameters, self._PATH)
-        _set(
-            self,
-            "latent_obsm_key",
-            _as_opt_str(self.latent_obsm_key, f"{self._PATH}.latent_obsm_key"),
-        )
+    latent_obsm_key: str | None = _value(None, _OPT_STR)
 
 
 @dataclass(frozen=True)
-class DecoderConfig(_Section):
+class DecoderConfig(_Section, path="model.decoder"):
     """``model.decoder``.
 
     Attributes
@@ -246,30 +188,19 @@ class DecoderConfig(_Section):
         the local/global attribution needs one decoder per component).
     """
 
-    _PATH: ClassVar[str] = "model.decoder"
+    type: str = _value("linear", _choice(DECODER_TYPES))
+    hidden_dims: tuple[int, ...] = _value((256, 128), lambda v, p: _as_int_tuple(v, p, minimum=1))
+    dropout_decoder: float = _value(0.1, _DROPOUT)
+    dual_decoder: bool = _value(True, _as_bool)
 
-    type: str = "linear"
-    hidden_dims: tuple[int, ...] = (256, 128)
-    dropout_decoder: float = 0.1
-    dual_decoder: bool = True
-
-    def __post_init__(self) -> None:
-        p = self._PATH
-        _as_choice(self.type, f"{p}.type", DECODER_TYPES)
-        dims = _as_int_tuple(self.hidden_dims, f"{p}.hidden_dims", minimum=1)
-        if self.type == "nonlinear" and not dims:
+    def _validate(self) -> None:
+        if self.type == "nonlinear" and not self.hidden_dims:
+            p = self._PATH
             raise ConfigError(f"{p}.hidden_dims must not be empty when {p}.type is 'nonlinear'")
-        _set(self, "hidden_dims", dims)
-        _set(
-            self,
-            "dropout_decoder",
-            _as_float(self.dropout_decoder, f"{p}.dropout_decoder", low=0, high=1, high_open=True),
-        )
-        _as_bool(self.dual_decoder, f"{p}.dual_decoder")
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(_Section, path="model"):
     """``model``.
 
     Attributes
@@ -301,35 +232,19 @@ class ModelConfig(_Section):
         Compatibility only (default ``None``); the loss is ``optim.loss``.
     """
 
-    _PATH: ClassVar[str] = "model"
-    _NESTED: ClassVar[dict[str, Callable[[], type]]] = {
-        "local_component": lambda: LocalComponentConfig,
-        "global_component": lambda: GlobalComponentConfig,
-        "decoder": lambda: DecoderConfig,
-    }
-
-    n_embed: int = 16
+    n_embed: int = _value(16, _int(minimum=1))
     local_component: LocalComponentConfig = field(default_factory=LocalComponentConfig)
     global_component: GlobalComponentConfig = field(default_factory=GlobalComponentConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    mask_token: bool = True
-    linear_part: bool = False
-    save: str | None = None
-    loss: str | None = None
+    mask_token: bool = _value(True, _as_bool)
+    linear_part: bool = _value(False, _as_bool)
+    save: str | None = _value(None, _OPT_STR)
+    loss: str | None = _value(None, _OPT_STR)
 
-    def __post_init__(self) -> None:
-        p = self._PATH
-        _set(self, "n_embed", _as_int(self.n_embed, f"{p}.n_embed", minimum=1))
-        _require(self, "local_component", LocalComponentConfig, p)
-        _require(self, "global_component", GlobalComponentConfig, p)
-        _require(self, "decoder", DecoderConfig, p)
+    def _validate(self) -> None:
         n_heads = self.global_component.parameters.n_heads
         if self.n_embed % n_heads:
             raise ConfigError(
-                f"{p}.n_embed ({self.n_embed}) must be divisible by "
+                f"{self._PATH}.n_embed ({self.n_embed}) must be divisible by "
                 f"{GlobalParameters._PATH}.n_heads ({n_heads})"
             )
-        _as_bool(self.mask_token, f"{p}.mask_token")
-        _as_bool(self.linear_part, f"{p}.linear_part")
-        _set(self, "save", _as_opt_str(self.save, f"{p}.save"))
-        _set(self, "loss", _as_opt_str(self.loss, f"{p}.loss"))

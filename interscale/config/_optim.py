@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any
 
 from interscale.names import (
     ACCELERATORS,
@@ -13,15 +13,43 @@ from interscale.names import (
     REGRESSION_LOSSES,
 )
 
-from ._aliases import ACCELERATOR_ALIASES, OPTIM_KEY_ALIASES, loss_note
-from ._checks import _as_bool, _as_choice, _as_float, _as_int, _as_str, _is_unset, _set
-from ._section import _Section
+from ._aliases import ACCELERATOR_ALIASES, OPTIM_KEY_ALIASES, UNSUPPORTED_LOSSES
+from ._checks import (
+    _as_bool,
+    _as_choice,
+    _as_str,
+    _choice,
+    _float,
+    _int,
+    _is_unset,
+    _optional,
+    _Section,
+    _value,
+)
 
 __all__ = ["OptimConfig"]
 
 
+def _accelerator(value: Any, path: str) -> str:
+    if isinstance(value, str):
+        value = ACCELERATOR_ALIASES.get(value.lower(), value.lower())
+    return _as_choice(value, path, ACCELERATORS)
+
+
+def _scheduler(value: Any, path: str) -> str | None:
+    if _is_unset(value, empty_is_unset=True) or value == "none":
+        return None
+    return _as_choice(value, path, LR_SCHEDULERS)
+
+
+def _precision(value: Any, path: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `precision: 32` in YAML
+    return _as_choice(value, path, PRECISIONS)
+
+
 @dataclass(frozen=True)
-class OptimConfig(_Section):
+class OptimConfig(_Section, path="optim", aliases=OPTIM_KEY_ALIASES):
     """``optim``: optimiser (AdamW), schedule, loss, seed, device and early stopping.
 
     Attributes
@@ -71,58 +99,22 @@ class OptimConfig(_Section):
         stored as float32. A YAML integer ``32`` is accepted as ``"32"``.
     """
 
-    _PATH: ClassVar[str] = "optim"
-    _ALIASES: ClassVar[dict[str, str]] = OPTIM_KEY_ALIASES
-
-    accelerator: str = "auto"
-    lr: float = 1e-3
-    lr_scheduler: str | None = "CosineWarmupScheduler"
-    lr_warmup: int = 20
-    lr_max_epochs: int = 100
-    weight_decay: float = 1e-4
-    loss: str = "GaussianNLL"
-    seed: int = 40
-    cross_corr: str = "cell"
-    n_epochs: int = 100
-    early_stopping: bool = True
-    patience: int = 5
-    min_delta: float = 0.0
-    min_epochs: int = 40
-    monitor: str = "auto"
-    grad_clip: float | None = None
-    precision: str = "32"
-
-    def __post_init__(self) -> None:
-        p = self._PATH
-        acc = self.accelerator
-        if isinstance(acc, str):
-            acc = ACCELERATOR_ALIASES.get(acc.lower(), acc.lower())
-        _set(self, "accelerator", _as_choice(acc, f"{p}.accelerator", ACCELERATORS))
-        _set(self, "lr", _as_float(self.lr, f"{p}.lr", low=0, low_open=True))
-        sched = self.lr_scheduler
-        if _is_unset(sched, empty_is_unset=True) or sched == "none":
-            sched = None
-        else:
-            _as_choice(sched, f"{p}.lr_scheduler", LR_SCHEDULERS)
-        _set(self, "lr_scheduler", sched)
-        _set(self, "lr_warmup", _as_int(self.lr_warmup, f"{p}.lr_warmup", minimum=0))
-        _set(self, "lr_max_epochs", _as_int(self.lr_max_epochs, f"{p}.lr_max_epochs", minimum=1))
-        _set(self, "weight_decay", _as_float(self.weight_decay, f"{p}.weight_decay", low=0))
-        note = loss_note(self.loss)
-        _as_choice(self.loss, f"{p}.loss", REGRESSION_LOSSES + CLASSIFICATION_LOSSES, note=note)
-        _set(self, "seed", _as_int(self.seed, f"{p}.seed", minimum=0))
-        _as_choice(self.cross_corr, f"{p}.cross_corr", ("cell", "gene"))
-        _set(self, "n_epochs", _as_int(self.n_epochs, f"{p}.n_epochs", minimum=1))
-        _as_bool(self.early_stopping, f"{p}.early_stopping")
-        _set(self, "patience", _as_int(self.patience, f"{p}.patience", minimum=1))
-        _set(self, "min_delta", _as_float(self.min_delta, f"{p}.min_delta", low=0))
-        _set(self, "min_epochs", _as_int(self.min_epochs, f"{p}.min_epochs", minimum=0))
-        _as_str(self.monitor, f"{p}.monitor")
-        clip = self.grad_clip
-        if not _is_unset(clip):
-            clip = _as_float(clip, f"{p}.grad_clip", low=0, low_open=True)
-        _set(self, "grad_clip", None if _is_unset(clip) else clip)
-        precision = self.precision
-        if isinstance(precision, int) and not isinstance(precision, bool):
-            precision = str(precision)  # `precision: 32` in YAML
-        _set(self, "precision", _as_choice(precision, f"{p}.precision", PRECISIONS))
+    accelerator: str = _value("auto", _accelerator)
+    lr: float = _value(1e-3, _float(low=0, low_open=True))
+    lr_scheduler: str | None = _value("CosineWarmupScheduler", _scheduler)
+    lr_warmup: int = _value(20, _int(minimum=0))
+    lr_max_epochs: int = _value(100, _int(minimum=1))
+    weight_decay: float = _value(1e-4, _float(low=0))
+    loss: str = _value(
+        "GaussianNLL", _choice(REGRESSION_LOSSES + CLASSIFICATION_LOSSES, UNSUPPORTED_LOSSES)
+    )
+    seed: int = _value(40, _int(minimum=0))
+    cross_corr: str = _value("cell", _choice(("cell", "gene")))
+    n_epochs: int = _value(100, _int(minimum=1))
+    early_stopping: bool = _value(True, _as_bool)
+    patience: int = _value(5, _int(minimum=1))
+    min_delta: float = _value(0.0, _float(low=0))
+    min_epochs: int = _value(40, _int(minimum=0))
+    monitor: str = _value("auto", _as_str)
+    grad_clip: float | None = _value(None, _optional(_float(low=0, low_open=True)))
+    precision: str = _value("32", _precision)

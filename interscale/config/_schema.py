@@ -1,26 +1,37 @@
-"""The whole config: :class:`Config`, parsing from a mapping and dotted-path overrides."""
+"""The whole config: :class:`Config`, and the one walk over the sections that parses a mapping,
+writes the plain dict back and applies dotted-path overrides."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any
 
 from interscale.names import CLASSIFICATION_LOSSES, REGRESSION_LOSSES
 
-from ._checks import ConfigError, ConfigTypeError, _as_bool, _as_str, _is_unset, _kind, _set, _show
-from ._dataset import DatasetConfig, SpatialNeighborsConfig
-from ._model import GlobalParameters, ModelConfig
+from ._checks import (
+    ConfigError,
+    ConfigTypeError,
+    _as_bool,
+    _as_str,
+    _join,
+    _kind,
+    _optional,
+    _Section,
+    _sections,
+    _show,
+    _value,
+)
+from ._dataset import DatasetConfig
+from ._model import ModelConfig
 from ._optim import OptimConfig
-from ._section import _Section
 
 __all__ = ["Config", "WandbConfig", "config_from_dict", "with_overrides"]
 
 
 @dataclass(frozen=True)
-class WandbConfig(_Section):
+class WandbConfig(_Section, path="wandb"):
     """``wandb``: accepted so that published configs load; InterScale ignores it.
 
     Attributes
@@ -31,16 +42,8 @@ class WandbConfig(_Section):
         Compatibility only (default ``""``).
     """
 
-    _PATH: ClassVar[str] = "wandb"
-
-    use: bool = False
-    project_name: str = ""
-
-    def __post_init__(self) -> None:
-        _as_bool(self.use, "wandb.use")
-        if _is_unset(self.project_name):
-            _set(self, "project_name", "")
-        _as_str(self.project_name, "wandb.project_name")
+    use: bool = _value(False, _as_bool)
+    project_name: str = _value("", _optional(_as_str, unset=""))
 
 
 @dataclass(frozen=True)
@@ -59,27 +62,12 @@ class Config(_Section):
         :class:`WandbConfig` (ignored).
     """
 
-    _PATH: ClassVar[str] = ""
-    _NESTED: ClassVar[dict[str, Callable[[], type]]] = {
-        "model": lambda: ModelConfig,
-        "optim": lambda: OptimConfig,
-        "dataset": lambda: DatasetConfig,
-        "wandb": lambda: WandbConfig,
-    }
-
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
-    def __post_init__(self) -> None:
-        for name, factory in self._NESTED.items():
-            value = getattr(self, name)
-            if not isinstance(value, factory()):
-                raise ConfigTypeError(
-                    f"section '{name}' must be a {factory().__name__} (a mapping in YAML), "
-                    f"got {_kind(value)}"
-                )
+    def _validate(self) -> None:
         task, loss = self.dataset.prediction_task, self.optim.loss
         valid = REGRESSION_LOSSES if task == "regression" else CLASSIFICATION_LOSSES
         if loss not in valid:
@@ -102,7 +90,7 @@ class Config(_Section):
             Nested dict of ``str``, ``int``, ``float``, ``bool``, ``None``, lists and dicts only
             (JSON and ``yaml.safe_dump`` serialisable). ``config_from_dict(cfg.to_dict()) == cfg``.
         """
-        return _to_plain(self)
+        return _plain(self)
 
     def replace(self, **overrides: Any) -> Config:
         """Return a new validated config with the values at dotted paths replaced.
@@ -125,35 +113,39 @@ class Config(_Section):
         return with_overrides(self, overrides)
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsing
-# ---------------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Section):
+        return {
+            f.name: (f.metadata.get("plain") or _plain)(getattr(value, f.name))
+            for f in fields(value)
+        }
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _section_label(path: str) -> str:
     return f"in section '{path}'" if path else "at the top level"
 
 
-def _unknown_key(key: Any, cls: type[_Section], path: str) -> ConfigError:
-    names = [f.name for f in fields(cls)]
-    what = "section" if not path else "key"
-    msg = f"unknown {what} {str(key)!r} {_section_label(path)}"
-    if isinstance(key, str):
-        candidates = names + list(cls._ALIASES)
-        match = difflib.get_close_matches(key, candidates, n=1)
-        if match:
-            return ConfigError(f"{msg}; did you mean {cls._ALIASES.get(match[0], match[0])!r}?")
-    return ConfigError(f"{msg}; valid keys: {', '.join(names)}")
-
-
 def _canonical(key: Any, cls: type[_Section], path: str) -> str:
+    """The field name that ``key`` (or its published alias) stands for; else the error."""
+    names = [f.name for f in fields(cls)]
     name = cls._ALIASES.get(key, key) if isinstance(key, str) else key
-    if name not in {f.name for f in fields(cls)}:
-        raise _unknown_key(key, cls, path)
-    return name
+    if name in names:
+        return name
+    msg = f"unknown {'key' if path else 'section'} {str(key)!r} {_section_label(path)}"
+    match = (
+        difflib.get_close_matches(key, [*names, *cls._ALIASES], n=1) if isinstance(key, str) else []
+    )
+    if match:
+        raise ConfigError(f"{msg}; did you mean {cls._ALIASES.get(match[0], match[0])!r}?")
+    raise ConfigError(f"{msg}; valid keys: {', '.join(names)}")
 
 
-def _parse_section(cls: type[_Section], raw: Any, path: str) -> Any:
+def _parse(cls: type[_Section], raw: Any, path: str, base: _Section | None = None) -> Any:
+    """Build section ``cls`` from the mapping ``raw``; the keys it lacks keep their values in
+    ``base`` (an override) or their defaults (``base`` is ``None``)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -161,38 +153,24 @@ def _parse_section(cls: type[_Section], raw: Any, path: str) -> Any:
         raise ConfigTypeError(
             f"{where} must be a mapping of keys to values, got {_show(raw)} ({_kind(raw)})"
         )
-    kwargs: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     given_as: dict[str, Any] = {}
     for key, value in raw.items():
         name = _canonical(key, cls, path)
-        if name in kwargs:
+        if name in given:
             raise ConfigError(
                 f"both {given_as[name]!r} and {key!r} are given {_section_label(path)}; "
                 f"they are the same setting ({name!r}), keep one"
             )
-        kwargs[name] = value
-        given_as[name] = key
-    for name, factory in cls._NESTED.items():
-        if name in kwargs:
-            sub_path = f"{path}.{name}" if path else name
-            kwargs[name] = _parse_section(factory(), kwargs[name], sub_path)
-    cls._prepare(kwargs)
+        given[name], given_as[name] = value, key
+    kwargs = {} if base is None else {f.name: getattr(base, f.name) for f in fields(base)}
+    kwargs.update(given)
+    for name, sub in _sections(cls).items():
+        if name in given:
+            old = None if base is None else getattr(base, name)
+            kwargs[name] = _parse(sub, given[name], _join(path, name), old)
+    cls._prepare(kwargs, set(given))
     return cls(**kwargs)
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        out = {}
-        for f in fields(value):
-            item = getattr(value, f.name)
-            if f.name == "subset_dict":
-                out[f.name] = {k: list(v) for k, v in item}
-            else:
-                out[f.name] = _to_plain(item)
-        return out
-    if isinstance(value, tuple | list):
-        return [_to_plain(v) for v in value]
-    return value
 
 
 def config_from_dict(data: Mapping[str, Any] | None) -> Config:
@@ -218,7 +196,7 @@ def config_from_dict(data: Mapping[str, Any] | None) -> Config:
         An unknown key (the message names the section and the closest valid key), an
         out-of-range value or inconsistent values.
     """
-    return _parse_section(Config, data, "")
+    return _parse(Config, data, "")
 
 
 def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
@@ -249,59 +227,30 @@ def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """
     if not isinstance(overrides, Mapping):
         raise ConfigTypeError(f"overrides must be a mapping, got {_kind(overrides)}")
-    data = cfg.to_dict()
-    touched: dict[tuple[str, ...], set[str]] = {}
-
-    def _apply(dotted: str, value: Any) -> None:
-        if not isinstance(dotted, str) or not dotted:
-            raise ConfigTypeError(f"override keys must be dotted strings, got {dotted!r}")
-        parts = dotted.split(".")
-        cls: type[_Section] = Config
-        node = data
-        path = ""
-        for part in parts[:-1]:
-            name = _canonical(part, cls, path)
-            if name not in cls._NESTED:
-                raise ConfigError(f"{dotted!r}: '{_join(path, name)}' is a value, not a section")
-            cls = cls._NESTED[name]()
-            node = node[name]
-            path = _join(path, name)
-        name = _canonical(parts[-1], cls, path)
-        if name in cls._NESTED:
-            if not isinstance(value, Mapping):
-                raise ConfigTypeError(
-                    f"override {dotted!r} names a section; give a mapping of its keys, "
-                    f"got {_kind(value)}"
-                )
-            for key, sub in value.items():
-                _apply(f"{_join(path, name)}.{key}", sub)
-            return
-        node[name] = value
-        touched.setdefault(tuple(path.split(".")), set()).add(name)
-
+    # Parsed like a file whose missing keys keep cfg's values: one path validates both.
+    tree: dict[str, Any] = {}
     for dotted, value in overrides.items():
-        _apply(dotted, value)
-    _reconcile(data, touched)
-    return config_from_dict(data)
+        _add_override(tree, dotted, value)
+    return _parse(Config, tree, "", cfg)
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _reconcile(data: dict[str, Any], touched: dict[tuple[str, ...], set[str]]) -> None:
-    # Linked keys: when an override sets only one of a pair, the other follows it.
-    gp = tuple(GlobalParameters._PATH.split("."))
-    keys = touched.get(gp, set())
-    params = data["model"]["global_component"]["parameters"]
-    if "attention" in keys and "long_range_attention" not in keys:
-        params.pop("long_range_attention")
-    elif "long_range_attention" in keys and "attention" not in keys:
-        params.pop("attention")
-    sp = tuple(SpatialNeighborsConfig._PATH.split("."))
-    keys = touched.get(sp, set())
-    graph = data["dataset"]["spatial_neighbors_kwargs"]
-    if "n_neighs" in keys and "radius" not in keys and not _is_unset(graph["n_neighs"]):
-        graph["radius"] = None
-    elif "radius" in keys and "n_neighs" not in keys and not _is_unset(graph["radius"]):
-        graph["n_neighs"] = None
+def _add_override(tree: dict[str, Any], dotted: Any, value: Any) -> None:
+    if not isinstance(dotted, str) or not dotted:
+        raise ConfigTypeError(f"override keys must be dotted strings, got {dotted!r}")
+    *parents, last = dotted.split(".")
+    cls, node, path = Config, tree, ""
+    for part in parents:
+        name = _canonical(part, cls, path)
+        if name not in _sections(cls):
+            raise ConfigError(f"{dotted!r}: '{_join(path, name)}' is a value, not a section")
+        cls, node, path = _sections(cls)[name], node.setdefault(name, {}), _join(path, name)
+    name = _canonical(last, cls, path)
+    if name not in _sections(cls):
+        node[name] = value
+    elif isinstance(value, Mapping):
+        for key, sub in value.items():
+            _add_override(tree, f"{_join(path, name)}.{key}", sub)
+    else:
+        raise ConfigTypeError(
+            f"override {dotted!r} names a section; give a mapping of its keys, got {_kind(value)}"
+        )
