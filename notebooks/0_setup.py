@@ -76,7 +76,7 @@ isc.pp.normalize(adata, key_added="log1p_norm")
 
 # %%
 radii = [100, 150, 200, 250, 300]
-stats = isc.pp.neighborhood_stats(adata, radii, library_key="sample")
+stats = isc.pp.neighborhood_stats(adata, radii, sample_key="sample")
 display(stats)
 fig, ax = plt.subplots(figsize=(5, 3.5))
 ax.errorbar(stats.index, stats["mean"], yerr=stats["sd"], marker="o", capsize=3)
@@ -85,7 +85,7 @@ ax.set_ylabel("neighbours per cell (mean ± sd)")
 plt.show()
 
 # %%
-isc.pp.spatial_neighbors(adata, radius=200, library_key="sample")
+isc.pp.spatial_neighbors(adata, radius=200, sample_key="sample")
 deg = np.diff(adata.obsp["spatial_connectivities"].indptr)
 print(f"mean neighbours at radius 200: {deg.mean():.2f}")
 

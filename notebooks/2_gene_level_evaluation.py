@@ -149,7 +149,7 @@ split_key = cfg.dataset.split_key
 baselines = isc.tl.linear_baselines(
     adata,
     layer_key=layer,
-    library_key=cfg.dataset.sample_key[0],
+    sample_key=cfg.dataset.sample_key[0],
     split_key=split_key,
     heldout=("test",),
 )
@@ -160,7 +160,7 @@ if "program" in adata.var:
         adata,
         layer=layer,
         split_key=split_key,
-        library_key=cfg.dataset.sample_key[0],
+        sample_key=cfg.dataset.sample_key[0],
         heldout=("test",),
         baselines=baselines,
         ranks=df,

@@ -71,7 +71,7 @@ adata
 # a neighbour of a training cell in a graph.
 
 # %%
-isc.pp.tile(adata, max_cells=tissue_tile_max_cells, library_key="section")
+isc.pp.tile(adata, max_cells=tissue_tile_max_cells, sample_key="section")
 isc.pp.split_samples(adata, "tile", fractions=(0.5, 0.25, 0.25), seed=tissue_split_seed)
 tiles = adata.obs.groupby("tile", observed=True).agg(
     split=("split", "first"), cells=("split", "size")
@@ -113,12 +113,12 @@ plt.show()
 # ## Normalise and build the graph
 #
 # `isc.pp.normalize` finds the counts in `layers['counts']` and writes `layers['log1p_norm']`. The
-# graph joins each cell to its 10 nearest neighbours within its tile (`library_key='tile'`), so no
+# graph joins each cell to its 10 nearest neighbours within its tile (`sample_key='tile'`), so no
 # edge crosses from one split into another.
 
 # %%
 isc.pp.normalize(adata)
-isc.pp.spatial_neighbors(adata, n_neighs=tissue_n_neighbours, library_key="tile")
+isc.pp.spatial_neighbors(adata, n_neighs=tissue_n_neighbours, sample_key="tile")
 print(
     f"{adata.n_obs} cells, {adata.n_vars} genes, {adata.obs['tile'].nunique()} tiles; "
     f"{adata.obsp['spatial_connectivities'].nnz / adata.n_obs:.1f} edges per cell"
@@ -180,7 +180,7 @@ ranks = calculate_gene_ranks(
 floors = isc.tl.linear_baselines(
     adata,
     layer_key="log1p_norm",
-    library_key="tile",
+    sample_key="tile",
     split_key="split",
     heldout=("test",),
     key_added=None,

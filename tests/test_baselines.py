@@ -628,7 +628,7 @@ def assert_fails_without_side_effects(adata, error, match, **kwargs):
     ("kwargs", "error", "match"),
     [
         ({"layer_key": "nope"}, KeyError, "'nope'"),
-        ({"library_key": "nope"}, KeyError, "library_key 'nope'"),
+        ({"library_key": "nope"}, KeyError, "sample_key 'nope'"),
         ({"split_key": "nope"}, KeyError, "split_key 'nope'"),
         ({"connectivity_key": "nope"}, KeyError, "spatial_neighbors"),
         ({"hops": ()}, ValueError, "at least one hop"),

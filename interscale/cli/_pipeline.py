@@ -88,7 +88,7 @@ def _tile(adata, cfg) -> None:
         print(f"using the stored tiles obs[{key!r}] ({n_tiles} tiles of at most {bound} cells)")
         return
     spatial_key = ds.spatial_neighbors_kwargs.spatial_key
-    tiles = isc.pp.tile(adata, bound, library_key=sample, key_added=key, spatial_key=spatial_key)
+    tiles = isc.pp.tile(adata, bound, sample_key=sample, key_added=key, spatial_key=spatial_key)
     print(
         f"cut obs[{sample!r}] into {tiles.nunique()} tiles of at most {bound} cells "
         f"(obs[{key!r}], dataset.tile_max_cells)"

@@ -140,7 +140,7 @@ def osmfish(include_excluded: bool = False) -> ad.AnnData:
 
     The data hold **one section**. Whole-sample splits need several samples: cut the section
     into spatial tiles first, e.g. ``interscale.pp.tile(adata, max_cells=400,
-    library_key="section")``, then split the tiles with ``interscale.pp.split_samples(adata,
+    sample_key="section")``, then split the tiles with ``interscale.pp.split_samples(adata,
     "tile")`` (or ``interscale train --tile-max-cells``), so that train, validation and test
     are disjoint regions of the tissue.
 
@@ -200,7 +200,7 @@ def osmfish(include_excluded: bool = False) -> ad.AnnData:
     >>> adata = isc.datasets.osmfish()
     >>> adata.shape
     (4839, 33)
-    >>> _ = isc.pp.tile(adata, max_cells=400, library_key="section")
+    >>> _ = isc.pp.tile(adata, max_cells=400, sample_key="section")
     >>> _ = isc.pp.split_samples(adata, "tile", seed=0)
     """
     if not isinstance(include_excluded, bool | np.bool_):

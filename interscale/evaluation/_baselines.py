@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from interscale._anndata import check_not_view, obs_column_codes
+from interscale._compat import accepts_library_key
 from interscale._components import (
     EXACT_PCA_MAX_GENES,
     ComponentScale,
@@ -220,7 +221,7 @@ def _adjacency(adata: AnnData, connectivity_key: str, codes: np.ndarray, library
         raise KeyError(
             f"linear_baselines: {connectivity_key!r} not found in adata.obsp (available: "
             f"{sorted(adata.obsp.keys())}); build the spatial graph first with "
-            "interscale.pp.spatial_neighbors(adata, radius=..., library_key=...)"
+            "interscale.pp.spatial_neighbors(adata, radius=..., sample_key=...)"
         )
     adjacency = sp.csr_matrix(adata.obsp[connectivity_key], dtype=np.float64)
     adjacency.data[:] = 1.0  # explicit zeros too (e.g. coincident cells in a distance graph)
@@ -230,15 +231,16 @@ def _adjacency(adata: AnnData, connectivity_key: str, codes: np.ndarray, library
         raise ValueError(
             f"linear_baselines: adata.obsp[{connectivity_key!r}] has {crossing} edge(s) between "
             f"cells of different {library_key!r} values; build the graph per sample "
-            f"(interscale.pp.spatial_neighbors(..., library_key={library_key!r}))"
+            f"(interscale.pp.spatial_neighbors(..., sample_key={library_key!r}))"
         )
     return adjacency
 
 
+@accepts_library_key
 def linear_baselines(
     adata: AnnData,
     layer_key: str = "log1p_norm",
-    library_key: str = "sample",
+    sample_key: str = "sample",
     split_key: str = "split",
     hops: Sequence[int] = (1, 2),
     alpha: float | Sequence[float] | None = None,
@@ -295,8 +297,9 @@ def linear_baselines(
     layer_key
         Layer of values to predict and average (dense or sparse), e.g. ``"log1p_norm"``;
         ``None`` uses ``adata.X``.
-    library_key
+    sample_key
         Column of ``adata.obs`` naming each cell's sample; graph edges must not cross samples.
+        (``library_key=``, squidpy's word, is accepted for it.)
     split_key
         Column of ``adata.obs`` with the whole-sample split.
     hops
@@ -373,9 +376,9 @@ def linear_baselines(
     values = x.data if sp.issparse(x) else x
     if not np.isfinite(values).all():
         raise ValueError(f"{what}: layer {layer_key!r} holds NaN or infinite values")
-    codes, _ = obs_column_codes(adata, library_key, what=f"{what}: library_key")
+    codes, _ = obs_column_codes(adata, sample_key, what=f"{what}: sample_key")
     train_idx, held_idx = _split_rows(adata, split_key, train, heldout)
-    adjacency = _adjacency(adata, connectivity_key, codes, library_key)
+    adjacency = _adjacency(adata, connectivity_key, codes, sample_key)
 
     n_vars = adata.n_vars
     fill = _dense(x[train_idx].mean(axis=0)).ravel()
@@ -472,7 +475,7 @@ def linear_baselines(
         adata.uns[key_added] = {
             "params": {
                 "layer_key": "X" if layer_key is None else str(layer_key),
-                "library_key": str(library_key),
+                "library_key": str(sample_key),
                 "split_key": str(split_key),
                 "hops": [int(h) for h in hop_list],
                 "alpha": "default grid" if alpha is None else np.atleast_1d(alpha).tolist(),

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 from anndata import AnnData
 
+from interscale._compat import accepts_library_key
 from interscale.evaluation._baselines import linear_baselines
 from interscale.evaluation._claims import auroc_rank_difference
 from interscale.evaluation._heldout import HELDOUT_SPLITS
@@ -22,12 +23,13 @@ from interscale.evaluation._ranks import calculate_gene_ranks
 __all__ = ["heldout_program_metrics"]
 
 
+@accepts_library_key
 def heldout_program_metrics(
     adata: AnnData,
     *,
     layer: str,
     split_key: str = "split",
-    library_key: str = "sample",
+    sample_key: str = "sample",
     heldout: Sequence[str] = HELDOUT_SPLITS,
     pred_local: str = "_y_pred_local",
     pred_global: str = "_y_pred_global",
@@ -43,8 +45,9 @@ def heldout_program_metrics(
         and ``var["program"]`` (planted ground truth).
     layer
         Layer the model predicts.
-    split_key, library_key
-        Columns of ``adata.obs`` with the split and the sample.
+    split_key, sample_key
+        Columns of ``adata.obs`` with the split and the sample (``library_key=``, squidpy's
+        word, is accepted for ``sample_key``).
     heldout
         Split values scored (default: the test split only); the floors are scored on the same
         split values.
@@ -82,7 +85,7 @@ def heldout_program_metrics(
         baselines = linear_baselines(
             adata,
             layer_key=layer,
-            library_key=library_key,
+            sample_key=sample_key,
             split_key=split_key,
             heldout=tuple(heldout),
             key_added=None,

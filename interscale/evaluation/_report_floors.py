@@ -148,7 +148,7 @@ def _linear_floors(
         table = linear_baselines(
             adata,
             layer_key=layer,
-            library_key=_FLOOR_SAMPLE_KEY,
+            sample_key=_FLOOR_SAMPLE_KEY,
             split_key=split_key,
             connectivity_key=_FLOOR_GRAPH_KEY,
             train="train",

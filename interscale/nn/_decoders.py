@@ -51,7 +51,7 @@ class LinearDecoder(nn.Module):
 
 
 class LinearLSEDecoder(nn.Module):
-    """Log-sum-exp decoder ``y_g = log(sum_k exp(z_k W_kg)) + b_g``, as published.
+    """Log-sum-exp decoder ``y_g = log(sum_k exp(z_k W_kg)) + b_g``.
 
     The weight is stored as ``(n_embed, n_output)`` like the published module; :attr:`weight_t`
     and :func:`linear_weight` give it as ``(n_output, n_embed)``.

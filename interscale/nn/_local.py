@@ -95,7 +95,7 @@ class _ResidualGNN(nn.Module):
 
 
 class GCNEncoder(_ResidualGNN):
-    """GCN local encoder, as published.
+    """GCN local encoder.
 
     Skip path ``Linear(G -> E) + LayerNorm``; main path ``(num_layers - 1) x [GCNConv(-> hidden),
     LayerNorm, GELU, Dropout]`` then ``GCNConv(-> E)`` and a LayerNorm without affine parameters;

@@ -181,7 +181,7 @@ def dim_importance_elbow(
     dpi
         Resolution of saved raster images.
     verbose
-        Print how many (and which) dims reach the cumulative cutoff, as published.
+        Print how many (and which) dims reach the cumulative cutoff.
 
     Returns
     -------

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from interscale._anndata import obs_column_codes
+from interscale._compat import accepts_library_key
 from interscale.pp._validate import (
     check_finite_coordinates,
     check_not_view,
@@ -62,11 +63,12 @@ def _edges_one_library(
     return key // n, key % n
 
 
+@accepts_library_key
 def spatial_neighbors(
     adata: ad.AnnData,
     radius: float | None = None,
     n_neighs: int | None = None,
-    library_key: str | None = "sample",
+    sample_key: str | None = "sample",
     spatial_key: str = "spatial",
     key_added: str = "spatial",
 ) -> None:
@@ -85,9 +87,10 @@ def spatial_neighbors(
         ``n_neighs`` must be given.
     n_neighs
         Link each cell to its ``n_neighs`` nearest cells of the same sample (then symmetrise).
-    library_key
+    sample_key
         Column of ``adata.obs`` naming the sample of each cell; ``None`` treats all cells as one
         sample.
+        (``library_key=``, squidpy's word, is accepted for it.)
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     key_added
@@ -105,7 +108,7 @@ def spatial_neighbors(
     Raises
     ------
     KeyError
-        If ``spatial_key`` is not in ``obsm`` or ``library_key`` is not in ``obs``.
+        If ``spatial_key`` is not in ``obsm`` or ``sample_key`` is not in ``obs``.
     ValueError
         If neither or both of ``radius`` and ``n_neighs`` are given, if either is not positive,
         or if coordinates are NaN / infinite (run :func:`interscale.pp.qc` first).
@@ -113,10 +116,10 @@ def spatial_neighbors(
         If ``radius`` is not a number or ``n_neighs`` not an int, or ``adata`` is a view.
     """
     check_not_view(adata, "spatial_neighbors")
-    codes, _ = get_library_codes(adata, library_key)
+    codes, _ = get_library_codes(adata, sample_key)
     connectivities, distances = _neighbor_matrices(adata, codes, radius, n_neighs, spatial_key)
     _write_graph(
-        adata, connectivities, distances, key_added, radius, n_neighs, library_key, spatial_key
+        adata, connectivities, distances, key_added, radius, n_neighs, sample_key, spatial_key
     )
 
 
@@ -272,10 +275,11 @@ def spatial_graph_from_config(
     return connectivities
 
 
+@accepts_library_key
 def neighborhood_stats(
     adata: ad.AnnData,
     radii: float | Sequence[float],
-    library_key: str | None = "sample",
+    sample_key: str | None = "sample",
     spatial_key: str = "spatial",
 ) -> pd.DataFrame:
     """Summarise how many neighbours cells have within each radius (nothing is stored).
@@ -288,8 +292,9 @@ def neighborhood_stats(
         Annotated data with coordinates in ``adata.obsm[spatial_key]``.
     radii
         One radius or several (each > 0).
-    library_key
+    sample_key
         Column of ``adata.obs`` naming the sample of each cell; ``None`` for a single sample.
+        (``library_key=``, squidpy's word, is accepted for it.)
     spatial_key
         Key of the coordinates in ``adata.obsm``.
 
@@ -302,7 +307,7 @@ def neighborhood_stats(
     Raises
     ------
     KeyError
-        If ``spatial_key`` is not in ``obsm`` or ``library_key`` is not in ``obs``.
+        If ``spatial_key`` is not in ``obsm`` or ``sample_key`` is not in ``obs``.
     ValueError
         If a radius is not positive, ``radii`` is empty, or coordinates are NaN / infinite.
     """
@@ -313,7 +318,7 @@ def neighborhood_stats(
     if adata.n_obs == 0:
         raise ValueError("adata has no cells")
     coords = get_coordinates(adata, spatial_key)
-    codes, libraries = get_library_codes(adata, library_key)
+    codes, libraries = get_library_codes(adata, sample_key)
     n_libraries = len(libraries)
     check_finite_coordinates(coords, spatial_key)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from interscale._anndata import check_not_view, obs_column_codes
+from interscale._compat import accepts_library_key
 from interscale.names import SPLITS
 
 
@@ -45,9 +46,10 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return values
 
 
+@accepts_library_key
 def split_samples(
     adata: ad.AnnData,
-    library_key: str,
+    sample_key: str,
     fractions: Sequence[float] = (0.5, 0.25, 0.25),
     stratify_key: str | None = None,
     seed: int = 0,
@@ -55,7 +57,7 @@ def split_samples(
 ) -> pd.Series:
     """Assign whole samples to ``train`` / ``val`` / ``test`` and write the split column.
 
-    Samples (the values of ``adata.obs[library_key]``) are shuffled with ``seed``; with
+    Samples (the values of ``adata.obs[sample_key]``) are shuffled with ``seed``; with
     ``stratify_key`` they are shuffled within each stratum and the strata interleaved, so that
     every split mixes the strata whenever its size allows. The number of samples per split is
     the largest-remainder rounding of ``fractions`` times the number of samples, with at least
@@ -65,8 +67,9 @@ def split_samples(
     ----------
     adata
         Cells with a sample column.
-    library_key
+    sample_key
         obs column naming each cell's sample (e.g. ``"library_id"``).
+        (``library_key=``, squidpy's word, is accepted for it.)
     fractions
         Shares of samples for train, val and test (sum 1; train and val > 0). The default
         (0.5, 0.25, 0.25) keeps a quarter of the samples as test: the validation samples
@@ -86,7 +89,7 @@ def split_samples(
     Raises
     ------
     KeyError
-        If ``library_key`` or ``stratify_key`` is not an obs column.
+        If ``sample_key`` or ``stratify_key`` is not an obs column.
     ValueError
         With fewer than two samples (a single section can be cut into spatial tiles with
         :func:`interscale.pp.tile` and the tiles split), invalid fractions, or a stratum that
@@ -96,13 +99,13 @@ def split_samples(
     """
     check_not_view(adata, "split_samples")
     values = _check_fractions(fractions)
-    codes, samples = obs_column_codes(adata, library_key, "library_key")
+    codes, samples = obs_column_codes(adata, sample_key, "sample_key")
     n = len(samples)
     if n < 2:
         raise ValueError(
-            f"split_samples: obs[{library_key!r}] has {n} sample(s); whole-sample splits need at "
+            f"split_samples: obs[{sample_key!r}] has {n} sample(s); whole-sample splits need at "
             "least two (one to train, one to validate). Cut a single section into spatial tiles "
-            "with interscale.pp.tile(adata, ...) and split the tiles (library_key='tile')."
+            "with interscale.pp.tile(adata, ...) and split the tiles (sample_key='tile')."
         )
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise TypeError(f"seed must be a non-negative int, got {seed!r}")
@@ -135,11 +138,11 @@ def split_samples(
     per_cell = pd.Categorical(labels[codes], categories=list(SPLITS))
     adata.obs[key_added] = pd.Series(per_cell, index=adata.obs_names)
     adata.uns["split_samples"] = {
-        "library_key": library_key,
+        "library_key": sample_key,
         "fractions": list(values),
         "stratify_key": stratify_key,
         "seed": int(seed),
         "key_added": key_added,
         "n_samples": {split: int(k) for split, k in zip(SPLITS, sizes, strict=True)},
     }
-    return pd.Series(labels, index=pd.Index(samples, name=library_key), name=key_added)
+    return pd.Series(labels, index=pd.Index(samples, name=sample_key), name=key_added)

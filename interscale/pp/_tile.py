@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from interscale._compat import accepts_library_key
 from interscale.pp._validate import (
     check_finite_coordinates,
     check_not_view,
@@ -85,10 +86,11 @@ def _halo_pairs(
     return np.concatenate(cells), np.concatenate(owners)
 
 
+@accepts_library_key
 def tile(
     adata: AnnData,
     max_cells: int,
-    library_key: str = "sample",
+    sample_key: str = "sample",
     key_added: str = "tile",
     spatial_key: str = "spatial",
     halo: float = 0.0,
@@ -115,8 +117,9 @@ def tile(
         AnnData with coordinates in ``obsm[spatial_key]``.
     max_cells
         Largest tile, at least 1 (halo cells not counted).
-    library_key
+    sample_key
         obs column with the sample of each cell.
+        (``library_key=``, squidpy's word, is accepted for it.)
     key_added
         obs column written with the tile label ``"<sample>/<k>"`` (categorical).
     spatial_key
@@ -131,7 +134,8 @@ def tile(
     Writes ``obs[key_added]``; ``obsm[f"{key_added}_halo"]``, a boolean CSR matrix
     ``n_obs x n_tiles`` whose column ``j`` marks the halo of the ``j``-th category of
     ``obs[key_added]`` (all false when ``halo == 0``); and ``uns[key_added]`` with ``max_cells``,
-    ``halo``, ``library_key``, ``spatial_key`` and ``tiles`` (the category order of the columns).
+    ``halo``, ``library_key`` (the sample column), ``spatial_key`` and ``tiles`` (the category
+    order of the columns).
 
     Raises
     ------
@@ -149,7 +153,7 @@ def tile(
     halo = _check_halo(halo)
     coords = get_coordinates(adata, spatial_key)
     check_finite_coordinates(coords, spatial_key)
-    codes, names = get_library_codes(adata, library_key)
+    codes, names = get_library_codes(adata, sample_key)
 
     # Integer tile per cell (numbered across samples), then categories sorted by label.
     tile_code = np.empty(adata.n_obs, dtype=np.int64)
@@ -192,7 +196,7 @@ def tile(
         "spatial_key": spatial_key,
         "tiles": list(categories),
     }
-    if library_key is not None:
-        record["library_key"] = library_key
+    if sample_key is not None:
+        record["library_key"] = sample_key
     adata.uns[key_added] = record
     return result
