@@ -40,7 +40,7 @@ class SpatialNeighborsConfig(_Section, path="dataset.spatial_neighbors_kwargs"):
     ----------
     radius
         Radius graph: connect cells closer than this, in the units of ``obsm[spatial_key]``
-        (default 50.0, as published), or ``None``.
+        (default 50.0), or ``None``.
     n_neighs
         k-nearest-neighbour graph with this many neighbours, or ``None`` (default).
     coord_type

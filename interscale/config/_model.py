@@ -97,7 +97,7 @@ class GlobalParameters(_Section, path="model.global_component.parameters"):
         Published switch (default ``False``); ``True`` is the same as ``attention: long_range``.
         Always consistent with ``attention`` after loading.
     attention
-        Attention scope: ``"full"`` (default, as published: every other cell of the sample and
+        Attention scope: ``"full"`` (default: every other cell of the sample and
         the CLS token), ``"neighbourhood"`` (spatial neighbours and CLS) or ``"long_range"``
         (every cell that is neither the cell itself nor one of its neighbours, and CLS).
     long_range_mask_hops
@@ -217,8 +217,8 @@ class ModelConfig(_Section, path="model"):
         Replace masked inputs with a learnable token (default ``True``); ``False`` zeroes them as
         the published model did.
     linear_part
-        Give each head a linear part fitted in closed form before training (default ``False``,
-        as published): a ridge regression on the mean expression of the cell's 1-hop and 2-hop
+        Give each head a linear part fitted in closed form before training (default ``False``):
+        a ridge regression on the mean expression of the cell's 1-hop and 2-hop
         neighbours (local head) and also the leave-one-out mean of its sample (global head),
         with design and penalty chosen by cross-validation over whole training samples, as
         ``interscale.tl.linear_baselines`` fits its floors. The decoders then learn what the

@@ -86,7 +86,7 @@ class OptimConfig(_Section, path="optim", aliases=OPTIM_KEY_ALIASES):
         Relative improvement of the validation loss that counts as an improvement: a new loss
         must be below ``best * (1 - min_delta)``; >= 0 (default 0.0).
     min_epochs
-        Early stopping never stops before this many epochs (default 40, as published; a run
+        Early stopping never stops before this many epochs (default 40; a run
         with fewer ``n_epochs`` simply runs them all).
     monitor
         Compatibility only (default ``"auto"``); InterScale monitors the validation loss.
