@@ -24,8 +24,9 @@ class CombinedModel(BaseModel):
     Parameters
     ----------
     adata
-        AnnData prepared with :meth:`CombinedModel.setup_anndata`. A spatial graph is built into
-        ``obsp["spatial_connectivities"]`` from the config's radius when it is missing.
+        AnnData prepared with :meth:`CombinedModel.setup_anndata`. Its
+        ``obsp["spatial_connectivities"]`` is the graph; without one, the graph of the config's
+        ``dataset.spatial_neighbors_kwargs`` is built in memory and never written into ``adata``.
     cfg
         Config from :func:`interscale.config.load_config` (default: all defaults).
 
