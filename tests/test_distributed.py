@@ -11,12 +11,13 @@ import pytest
 import torch
 from conftest import organoids, tiny_config
 
+from interscale._r2 import R2Accumulator
 from interscale.graphs import GraphBatch, batch_groups, iterate_batches
 from interscale.model import CombinedModel
 from interscale.train import STRATEGIES, TrainSettings, draw_mask, fit, resolve_strategy
 from interscale.train import _epoch as epoch_module
 from interscale.train import _trainer as trainer
-from interscale.train._distributed import env_world
+from interscale.train._distributed import env_world, single_process
 from interscale.train._state import STATE_FILE
 
 WORLD = 2
@@ -280,23 +281,20 @@ def test_global_batches_follow_iterate_batches():
             assert [len(m) for m in got] == [g.n_cells for g in graph_list]
 
 
-def test_r2_statistics_survive_the_vector_round_trip():
+def test_r2_statistics_survive_the_all_reduce_of_one_process():
     rng = np.random.default_rng(0)
-    acc = epoch_module.R2Accumulator()
+    acc = R2Accumulator(4, 2, skip_nonfinite=False)
     for _ in range(3):
-        target = torch.as_tensor(rng.normal(size=(7, 4)), dtype=torch.float32)
-        acc.add(target, {"local": target * 0.5, "global": target + 0.1})
-    back = epoch_module.R2Accumulator.from_vector(
-        acc.to_vector(["local", "global"], 4),
-        [
-            "local",
-            "global",
-        ],
-        4,
-    )
-    assert back.r2() == acc.r2()
-    empty = epoch_module.R2Accumulator().to_vector(["local"], 4)
-    assert empty.shape == (1 + 3 * 4,) and not empty.any()
+        target = rng.normal(size=(7, 4))
+        acc.add(target, [target * 0.5, target + 0.1])
+    sums = torch.tensor([21.0, 3.5], dtype=torch.float64)
+    reduced, back = epoch_module._all_reduce_with_r2(sums, acc, single_process(torch.device("cpu")))
+    assert torch.equal(reduced, sums)
+    np.testing.assert_array_equal(back.shift, acc.shift)
+    np.testing.assert_array_equal(back.to_vector(), acc.to_vector())
+    assert back.mean_r2() == acc.mean_r2()
+    empty = R2Accumulator(4, 1).to_vector()
+    assert empty.shape == (1 * 4 * 4,) and not empty.any()
 
 
 def test_strategy_resolution(monkeypatch):

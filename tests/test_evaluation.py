@@ -127,7 +127,7 @@ def test_gene_ranks_match_sklearn(sparse):
 
 
 def test_gene_ranks_chunked_path_matches(monkeypatch):
-    # Force many small chunks so the pairwise moment merge is exercised.
+    # Force many small chunks so the sums are added over many chunks.
     monkeypatch.setattr("interscale.evaluation._utils._CHUNK_VALUES", 97)
     adata = make_adata(seed=3)
     df = calculate_gene_ranks(

@@ -298,9 +298,7 @@ def test_default_refuses_large_dense_predictions_before_any_work(combined, monke
 
 
 def test_buffers_are_allocated_in_the_chosen_dtype():
-    module = types.SimpleNamespace(
-        n_embed=2, has_local=True, has_global=False, local_decoder=object()
-    )
+    module = types.SimpleNamespace(n_embed=2, has_local=True, has_global=False, heads=("local",))
     half = inference._Buffers(module, 3, 4, "float16")
     assert half.y["local"].dtype == np.float16 and half.y["local"].nbytes == 3 * 4 * 2
     assert inference._Buffers(module, 3, 4, "none").y == {"local": None}
@@ -379,7 +377,7 @@ def test_accumulated_r2_equals_r2_per_gene(seed, n_obs, layout, n_blocks):
     selected = rng.random(n_obs) < 0.7
     selected[rng.integers(n_obs)] = True
     truth = {"dense": y, "csr": sp.csr_matrix(y), "csc": sp.csc_matrix(y)}[layout]
-    acc = streaming._R2Accumulator(truth, selected, ["local", "global"])
+    acc = streaming._R2Consumer(truth, selected, ["local", "global"])
     acc.step = int(rng.integers(1, 4))  # several truth blocks per call
     order = rng.permutation(n_obs)
     for rows in np.array_split(order, n_blocks):

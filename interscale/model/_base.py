@@ -1,11 +1,12 @@
-"""The user-facing model: a thin class over setup, the torch module, training, inference and
-checkpoints, each of which lives in its own module."""
+"""The user-facing model: a thin class over setup, the torch module and checkpoints, each of
+which lives in its own module, with the methods of training (``_training``) and of outputs
+(``_outputs``) mixed in."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from interscale.model._checkpoint import (
     write_checkpoint,
 )
 from interscale.model._module import InterScaleModule, init_decoder_bias, module_from_config
-from interscale.model._outputs import model_gene_r2, model_output, record_outputs
+from interscale.model._outputs import OutputsMixin
 from interscale.model._setup import check_unique_genes
 from interscale.model._setup import setup_anndata as record_setup
 from interscale.model._training import TrainingMixin
@@ -36,7 +37,7 @@ from interscale.pp import spatial_graph_from_config
 __all__ = ["BaseModel"]
 
 
-class BaseModel(TrainingMixin):
+class BaseModel(TrainingMixin, OutputsMixin):
     """Shared machinery of :class:`CombinedModel`, :class:`LocalModel` and :class:`GlobalModel`.
 
     Subclasses set ``_local`` and ``_global`` (which components exist).
@@ -274,136 +275,6 @@ class BaseModel(TrainingMixin):
 
     def __repr__(self) -> str:
         return self.summary()
-
-    # ------------------------------------------------------------------ outputs
-    def get_model_output(
-        self,
-        adata: AnnData | None = None,
-        prefix: str = "",
-        masked: bool = True,
-        batch_size: int | None = None,
-        attention_top_k: int = 32,
-        progress_bar: bool = False,
-        predictions: str | None = None,
-    ) -> AnnData:
-        """Write embeddings, held-out predictions and attention into ``adata``.
-
-        Runs in eval mode without gradients, one sample at a time, each sample's graph built
-        when reached and its rows written straight into preallocated arrays (memory stays near
-        the size of the outputs). With a halo (``setup_anndata(..., halo_key=...)``) a tile's
-        halo cells are encoded as context, but only its own cells are masked and written; every
-        cell is written by exactly one tile. Keys written (with ``prefix``): obsm
-        ``_local_emb``/``_global_emb``, layers ``_y_pred_local``/``_y_pred_global``, obsp
-        ``_attn_matrix`` (top-k per row of the last layer's head-averaged attention), obs
-        ``_cls_attention``, ``uns["interscale"]`` (``["output"]["predictions"]``: the mode).
-
-        Parameters
-        ----------
-        adata
-            AnnData with the same genes (default: the training AnnData).
-        prefix
-            Prepended to every key.
-        masked
-            Held-out predictions: each sample's cells are split into ``ceil(1/pct_mask_nodes)``
-            folds and each cell is predicted in the pass where its fold is masked. ``False``
-            gives the unmasked reconstruction.
-        batch_size
-            Accepted for compatibility with the published API and ignored (with a warning):
-            samples are processed one at a time to bound memory.
-        attention_top_k
-            Attention entries kept per cell.
-        progress_bar
-            Show progress over samples.
-        predictions
-            ``"dense"``: float32 layers. ``"float16"``: float16 layers, half the memory, about
-            1e-3 relative precision (|value| <= 65504). ``"none"``: no prediction layers (those
-            an earlier call left under the same keys are removed; :meth:`gene_r2` scores genes
-            without them). ``None`` (default): ``"dense"`` while the float32 layers take at
-            most ``DENSE_PREDICTIONS_MAX_BYTES`` (2 GiB for all heads, a constant of
-            ``interscale.model._inference``), else a ``ValueError`` before any work.
-
-        Returns
-        -------
-        The same AnnData object, updated in place.
-
-        Raises
-        ------
-        TypeError
-            If ``adata`` is not an AnnData or is a view, or ``predictions`` is not a string.
-        KeyError
-            If the training layer is missing.
-        ValueError
-            If the genes differ from the model's, the layer holds NaN / infinite values, or
-            ``predictions`` is unknown or None above the limit (the message gives the size).
-        MemoryError
-            If the outputs would not fit in RAM (with the estimate). Errors write nothing.
-
-        Warns
-        -----
-        UserWarning
-            If the model was never trained (outputs from random weights) or ``batch_size`` is given.
-        """
-        return model_output(
-            self, adata, prefix=prefix, masked=masked, batch_size=batch_size,
-            attention_top_k=attention_top_k, progress_bar=progress_bar, predictions=predictions,
-        )  # fmt: skip
-
-    def gene_r2(
-        self,
-        adata: AnnData | None = None,
-        cells: str | Sequence[str] | np.ndarray | pd.Series | None = None,
-        split_key: str | None = None,
-        masked: bool = True,
-        progress_bar: bool = False,
-        *,
-        heads: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """Per-gene R^2 of each head, summed up during inference: no prediction is stored.
-
-        The inference (folds, seed) of :meth:`get_model_output`, summing per gene and head the
-        count, sum and sum of squares of the truth and the squared residuals over the selected
-        cells (float64; samples without one are not run): R^2 as ``calculate_gene_ranks`` gives
-        it on the stored float32 predictions (NaN for a gene constant within the cells), and
-        ``interscale.evaluation.gene_ranks_from_model`` makes its table. ``adata`` is unchanged.
-
-        Parameters
-        ----------
-        adata
-            AnnData with the same genes (default: the training AnnData); a view is accepted.
-        cells
-            Cells scored, as for ``calculate_gene_ranks``: None or ``"all"``, split names
-            (``["test"]``, ``"val,test"``) or a boolean mask with one entry per cell; held out
-            means ``"test"`` (the validation samples chose the best epoch).
-        split_key
-            obs column of the split names (default: the split key of the setup).
-        masked, progress_bar
-            As for :meth:`get_model_output`.
-        heads
-            Heads to score (default: every head with a decoder).
-
-        Returns
-        -------
-        pandas.DataFrame
-            Index ``gene`` (``adata.var_names`` order), a column ``r2_<head>`` per head scored;
-            ``df.attrs``: ``cells`` (description), ``n_cells``, ``heads`` and ``masked``.
-
-        Raises
-        ------
-        TypeError
-            If ``adata`` is not an AnnData, or ``cells`` is neither split names nor a mask.
-        KeyError
-            If the training layer or the split column is missing, or a split name is absent.
-        ValueError
-            If the genes differ from the model's, the layer is not finite, ``cells`` selects
-            nothing, or ``heads`` names a head the model lacks.
-        """
-        return model_gene_r2(
-            self, adata, cells=cells, split_key=split_key, masked=masked,
-            progress_bar=progress_bar, heads=heads,
-        )  # fmt: skip
-
-    def _record_uns(self, adata: AnnData, **extra) -> None:
-        record_outputs(self, adata, **extra)  # model, config, training summary and ``extra``
 
     # ------------------------------------------------------------------ save / load
     def _file_name(self, prefix: str | None = None) -> str:

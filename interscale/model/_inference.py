@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,17 +23,18 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from interscale.graphs import GraphBatch, SampleGraph
-from interscale.names import HEADS, PREDICTION_MODES, Key
+from interscale.model._module import InterScaleModule, ModuleOutput
+from interscale.names import PREDICTION_MODES, Key
 from interscale.train import autocast, fold_masks
 
 __all__ = [
     "DENSE_PREDICTIONS_MAX_BYTES",
+    "InferenceConsumer",
     "PREDICTION_MODES",
     "ModelOutputs",
     "check_output_memory",
     "infer",
     "physical_memory_bytes",
-    "prediction_heads",
     "run_inference",
     "write_outputs",
 ]
@@ -69,18 +70,40 @@ class ModelOutputs:
     pred_heads: tuple[str, ...] = ()
 
 
+class InferenceConsumer(Protocol):
+    """What :func:`run_inference` hands each graph's outputs to (``_Buffers``, the R^2 sums).
+
+    ``needs_full_pass``: the consumer reads embeddings and attention, so every graph it
+    wants gets an unmasked pass even for held-out predictions.
+    """
+
+    needs_full_pass: bool
+
+    def wants(self, rows: np.ndarray) -> bool:
+        """Whether the graph whose core cells are AnnData ``rows`` is to be run at all."""
+        ...
+
+    def full(
+        self, graph: SampleGraph, rows: np.ndarray, core: np.ndarray | None, out: ModuleOutput
+    ) -> None:
+        """The unmasked pass ``out`` over ``graph`` (core cells ``rows``, flags ``core``)."""
+        ...
+
+    def predictions(self, rows: np.ndarray, preds: dict[str, np.ndarray]) -> None:
+        """Finite float32 predictions of AnnData ``rows``, by head."""
+        ...
+
+    def finish(self) -> object:
+        """The result, once every graph has been run."""
+        ...
+
+
 def physical_memory_bytes() -> int | None:
     """Total RAM of this machine, or None where the OS does not say."""
     try:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return None
-
-
-def prediction_heads(module: torch.nn.Module) -> tuple[str, ...]:
-    """The heads whose decoder predicts expression, in :data:`interscale.names.HEADS` order."""
-    present = {"local": module.local_decoder is not None, "global": bool(module.has_global)}
-    return tuple(head for head in HEADS if present[head])
 
 
 def check_output_memory(
@@ -182,7 +205,7 @@ class _Buffers:
     needs_full_pass = True
 
     def __init__(
-        self, module: torch.nn.Module, n_obs: int, n_genes: int, predictions: str = "dense"
+        self, module: InterScaleModule, n_obs: int, n_genes: int, predictions: str = "dense"
     ) -> None:
         n_embed = module.n_embed
 
@@ -190,7 +213,7 @@ class _Buffers:
             return np.full((n_obs, width), np.nan, dtype) if present else None
 
         self.n_obs = n_obs
-        self.heads = prediction_heads(module)
+        self.heads = module.heads
         dtype = _PREDICTION_DTYPES.get(predictions)
         self.local_emb = rows(n_embed, module.has_local)
         self.global_emb = rows(n_embed, module.has_global)
@@ -205,7 +228,9 @@ class _Buffers:
     def wants(self, rows: np.ndarray) -> bool:
         return True
 
-    def full(self, graph: SampleGraph, rows: np.ndarray, core: np.ndarray | None, out) -> None:
+    def full(
+        self, graph: SampleGraph, rows: np.ndarray, core: np.ndarray | None, out: ModuleOutput
+    ) -> None:
         """Embeddings, CLS attention and attention of a graph's core cells."""
         if self.local_emb is not None:
             self.local_emb[rows] = _finite(_core_numpy(out.local_emb, core), "local_emb")
@@ -266,9 +291,9 @@ class _Buffers:
 
 @torch.no_grad()
 def run_inference(
-    module: torch.nn.Module,
+    module: InterScaleModule,
     graphs: Iterable[SampleGraph],
-    consumer: Any,
+    consumer: InferenceConsumer,
     *,
     n_obs: int,
     masked: bool,
@@ -288,7 +313,7 @@ def run_inference(
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
-    heads = prediction_heads(module)
+    heads = module.heads
     written = np.zeros(n_obs, dtype=bool)
     fold_gen = torch.Generator().manual_seed(fold_seed)
     try:
@@ -343,7 +368,7 @@ def run_inference(
 
 
 def infer(
-    module: torch.nn.Module,
+    module: InterScaleModule,
     graphs: Iterable[SampleGraph],
     *,
     n_obs: int,

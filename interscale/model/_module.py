@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from interscale.names import HEADS
 from interscale.nn import GlobalEncoder, LinearPart, make_decoder, make_local_encoder
 
 if TYPE_CHECKING:
@@ -117,9 +118,7 @@ class InterScaleModule(nn.Module):
         self.global_decoder = _decoder() if self.has_global else None
 
         if linear_part:
-            heads = [h for h, d in (("local", self.local_decoder), ("global", self.global_decoder))
-                     if d is not None]  # fmt: skip
-            self.linear_part = LinearPart(self.n_genes, heads)
+            self.linear_part = LinearPart(self.n_genes, self.heads)
         else:
             self.linear_part = None
 
@@ -128,6 +127,15 @@ class InterScaleModule(nn.Module):
             self.mask_token = nn.Parameter(torch.zeros(mask_width))
         else:
             self.register_parameter("mask_token", None)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The heads whose decoder predicts expression, in :data:`interscale.names.HEADS` order.
+
+        The one list of a module's heads: training, inference and the linear part read it.
+        """
+        decoders = {"local": self.local_decoder, "global": self.global_decoder}
+        return tuple(head for head in HEADS if decoders[head] is not None)
 
     def apply_mask(self, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Replace the rows of masked cells by the mask token (or zeros)."""

@@ -1,9 +1,9 @@
 """Per-gene R^2 of each head accumulated while inference runs: no prediction layer stored.
 
-The accumulator is a consumer of the inference loop
-(:func:`interscale.model._inference.run_inference`) and sees the same folds as
-``get_model_output``, so its R^2 equals the one ``interscale.evaluation.calculate_gene_ranks``
-computes on stored predictions.
+The consumer of the inference loop (:func:`interscale.model._inference.run_inference`) sees the
+same folds as ``get_model_output`` and sums with the accumulator of
+``interscale.evaluation.calculate_gene_ranks`` (:class:`interscale._r2.R2Accumulator`), so its
+R^2 equals the one computed on stored predictions.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
-from interscale._anndata import (
-    CONSTANT_RTOL,
-    CellSelection,
-)
+from interscale._anndata import CellSelection
+from interscale._r2 import R2Accumulator
 from interscale.graphs import SampleGraph
-from interscale.model._inference import prediction_heads, run_inference
+from interscale.model._inference import run_inference
+from interscale.model._module import InterScaleModule, ModuleOutput
 from interscale.names import HEADS
 
 __all__ = ["gene_r2_frame", "scored_heads", "stream_gene_r2"]
@@ -38,14 +36,12 @@ def _dense_rows(matrix: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(block, dtype=np.float64)
 
 
-class _R2Accumulator:
-    """Consumer of :func:`run_inference` that sums, per gene, what R^2 of each head needs.
+class _R2Consumer:
+    """Consumer of :func:`run_inference` that adds the selected cells to an R^2 accumulator.
 
-    Over the selected cells it keeps the count, the sum and the sum of squares of the truth
-    (shifted by the truth of the first selected cell, so that a constant gene sums to exactly
-    zero and the sum of squares about the mean keeps its digits) and, per head, the sum of
-    squared residuals; all float64. A gene is constant (R^2 NaN) by the rule of the evaluation
-    module's per-gene moments.
+    The truth is read here, block by block, for the cells whose predictions arrive; the sums
+    and the rule for constant genes are those of :class:`interscale._r2.R2Accumulator`, as
+    for ``calculate_gene_ranks`` on stored predictions.
     """
 
     needs_full_pass = False
@@ -55,19 +51,17 @@ class _R2Accumulator:
             truth = sp.csr_matrix(truth)  # row reads of CSC/COO are slow; still sparse
         self.truth = truth
         self.selected = selected
+        self.heads = tuple(heads)
         n_genes = truth.shape[1]
-        shift = _dense_rows(truth, np.flatnonzero(selected)[:1])[0]
-        self.shift = np.where(np.isfinite(shift), shift, 0.0)
-        self.n = np.zeros(n_genes)
-        self.sum = np.zeros(n_genes)
-        self.sum_sq = np.zeros(n_genes)
-        self.ss_res = {head: np.zeros(n_genes) for head in heads}
+        self.sums = R2Accumulator(n_genes, len(self.heads))
         self.step = max(1, _R2_BLOCK_VALUES // n_genes)
 
     def wants(self, rows: np.ndarray) -> bool:
         return bool(self.selected[rows].any())
 
-    def full(self, graph: SampleGraph, rows: np.ndarray, core: np.ndarray | None, out) -> None:
+    def full(
+        self, graph: SampleGraph, rows: np.ndarray, core: np.ndarray | None, out: ModuleOutput
+    ) -> None:
         return None
 
     def predictions(self, rows: np.ndarray, preds: dict[str, np.ndarray]) -> None:
@@ -75,39 +69,18 @@ class _R2Accumulator:
         if not keep.any():
             return
         rows = rows[keep]
-        preds = {head: preds[head][keep] for head in self.ss_res}
+        kept = [preds[head][keep] for head in self.heads]
         for start in range(0, len(rows), self.step):
-            y = _dense_rows(self.truth, rows[start : start + self.step])
-            valid = np.isfinite(y)  # the truth layer is checked finite: a guard only
-            if valid.all():
-                valid = None
-                yc = y - self.shift
-                self.n += y.shape[0]
-            else:
-                yc = np.where(valid, y - self.shift, 0.0)
-                self.n += valid.sum(axis=0)
-            self.sum += yc.sum(axis=0)
-            self.sum_sq += (yc * yc).sum(axis=0)
-            for head, ss in self.ss_res.items():
-                res = (y - preds[head][start : start + self.step].astype(np.float64)) ** 2
-                ss += (res if valid is None else np.where(valid, res, 0.0)).sum(axis=0)
+            block = slice(start, start + self.step)
+            self.sums.add(_dense_rows(self.truth, rows[block]), [p[block] for p in kept])
 
     def finish(self) -> dict[str, np.ndarray]:
         """Per-gene R^2 of each head; NaN for fewer than two cells or a constant truth."""
-        n = self.n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_c = np.where(n > 0, self.sum / n, 0.0)
-            m2 = self.sum_sq - self.sum * mean_c
-            constant = m2 <= n * (CONSTANT_RTOL * np.abs(self.shift + mean_c)) ** 2
-            ok = (n >= 2) & ~constant
-            return {
-                head: np.where(ok, 1.0 - ss / np.where(ok, m2, 1.0), np.nan)
-                for head, ss in self.ss_res.items()
-            }
+        return dict(zip(self.heads, self.sums.r2(), strict=True))
 
 
 def scored_heads(
-    module: torch.nn.Module, heads: Sequence[str] | None, model_name: str
+    module: InterScaleModule, heads: Sequence[str] | None, model_name: str
 ) -> list[str]:
     """The heads :func:`stream_gene_r2` scores: ``heads`` (checked) or every predicting head.
 
@@ -116,7 +89,7 @@ def scored_heads(
     ValueError
         If ``heads`` names an unknown head or one the module has no decoder for.
     """
-    present = prediction_heads(module)
+    present = module.heads
     if heads is None:
         return list(present)
     chosen = [heads] if isinstance(heads, str) else list(heads)
@@ -134,7 +107,7 @@ def scored_heads(
 
 
 def stream_gene_r2(
-    module: torch.nn.Module,
+    module: InterScaleModule,
     graphs: Iterable[SampleGraph],
     truth: Any,
     selected: np.ndarray,
@@ -170,7 +143,7 @@ def stream_gene_r2(
         Head name -> float64 R^2 per gene.
     """
     n_obs = truth.shape[0]
-    accumulator = _R2Accumulator(truth, selected, heads)
+    accumulator = _R2Consumer(truth, selected, heads)
     run_inference(
         module,
         graphs,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from interscale._r2 import R2Accumulator
 from interscale.graphs import GraphBatch, SampleGraph, batch_groups
 from interscale.train._distributed import DistContext, all_reduce_tensor, single_process
 from interscale.train._losses import make_loss
@@ -21,73 +22,7 @@ from interscale.train._masking import draw_mask
 from interscale.train._precision import autocast, to_float32
 from interscale.train._settings import TrainSettings
 
-__all__ = ["R2Accumulator", "batch_masks", "evaluate_masked", "head_names", "train_epoch"]
-
-
-class R2Accumulator:
-    """Per-gene sums to compute R^2 over all masked cells of an epoch without storing them."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sum_y = self.sum_y2 = None
-        self.sum_res = {}
-
-    def add(self, target: torch.Tensor, preds: dict[str, torch.Tensor]) -> None:
-        """Add the masked cells of one step (``preds``: head -> predictions of ``target``)."""
-        target = target.double()
-        if self.sum_y is None:
-            self.sum_y = torch.zeros(target.shape[1], dtype=torch.float64)
-            self.sum_y2 = torch.zeros_like(self.sum_y)
-        self.n += target.shape[0]
-        self.sum_y += target.sum(0).cpu()
-        self.sum_y2 += (target * target).sum(0).cpu()
-        for head, pred in preds.items():
-            res = ((target - pred.double()) ** 2).sum(0).cpu()
-            self.sum_res[head] = self.sum_res.get(head, 0) + res
-
-    def to_vector(self, heads: Sequence[str], n_genes: int) -> torch.Tensor:
-        """The sufficient statistics as one float64 vector (zeros where nothing was added)."""
-        zeros = torch.zeros(n_genes, dtype=torch.float64)
-        parts = [
-            torch.tensor([float(self.n)], dtype=torch.float64),
-            zeros if self.sum_y is None else self.sum_y,
-            zeros if self.sum_y2 is None else self.sum_y2,
-        ]
-        parts += [self.sum_res.get(head, zeros) for head in heads]
-        return torch.cat(parts)
-
-    @classmethod
-    def from_vector(cls, vector: torch.Tensor, heads: Sequence[str], n_genes: int):
-        """Inverse of :meth:`to_vector` (e.g. after summing the vectors of several ranks)."""
-        acc = cls()
-        acc.n = int(round(float(vector[0])))
-        rest = vector[1:].to(torch.float64).reshape(2 + len(heads), n_genes)
-        acc.sum_y, acc.sum_y2 = rest[0].clone(), rest[1].clone()
-        acc.sum_res = {head: rest[2 + i].clone() for i, head in enumerate(heads)}
-        return acc
-
-    def r2(self) -> dict[str, float]:
-        """Mean over genes (with variance) of each head's R^2."""
-        if self.n < 2:
-            return {head: float("nan") for head in self.sum_res}
-        ss_tot = self.sum_y2 - self.sum_y**2 / self.n
-        out = {}
-        for head, ss_res in self.sum_res.items():
-            valid = ss_tot > 1e-12
-            values = 1.0 - ss_res[valid] / ss_tot[valid]
-            out[head] = float(values.mean()) if valid.any() else float("nan")
-        return out
-
-
-def head_names(module: torch.nn.Module) -> list[str]:
-    """Heads the module decodes, in the order :func:`_step_losses` reports them."""
-    module = getattr(module, "module", module)  # unwrap DistributedDataParallel
-    heads = []
-    if getattr(module, "local_decoder", None) is not None:
-        heads.append("local")
-    if getattr(module, "global_decoder", None) is not None:
-        heads.append("global")
-    return heads
+__all__ = ["batch_masks", "evaluate_masked", "train_epoch"]
 
 
 def _step_losses(module, batch: GraphBatch, mask: torch.Tensor, loss_fn, precision: str = "32"):
@@ -252,13 +187,16 @@ def evaluate_masked(
     """
     if ctx is None:
         ctx = single_process(device if device is not None else torch.device("cpu"))
+    n_genes = graphs[0].n_genes  # not .x: a deferred graph would densify to tell
     was_training = module.training
     module.eval()
     loss_fn = make_loss(loss)
     generator = torch.Generator().manual_seed(seed)
-    heads = head_names(module)
+    # a stand-in module without named heads (one that only has a loss) reports only the loss
+    heads = tuple(getattr(module, "heads", ()))
     sums = torch.zeros(2 + len(heads), dtype=torch.float64)  # cells, loss, loss per head
-    acc = R2Accumulator()
+    # every entry counts: a non-finite prediction shows as a NaN R^2, never passed over
+    acc = R2Accumulator(n_genes, len(heads), skip_nonfinite=False)
     for batch_graphs in batch_groups(graphs, batch_size):
         masks = batch_masks(batch_graphs, pct_mask_nodes, generator)
         share, share_masks = _rank_share(batch_graphs, ctx), _rank_share(masks, ctx)
@@ -271,15 +209,38 @@ def evaluate_masked(
         step = [float(k), float(total.detach()) * k]
         step += [float(losses[h].detach()) * k for h in heads]
         sums += torch.tensor(step, dtype=torch.float64)
-        acc.add(target, preds)
+        acc.add(_numpy(target), [_numpy(preds[h]) for h in heads])
     module.train(was_training)
-    n_genes = graphs[0].n_genes  # not .x: a deferred graph would densify to tell
-    reduced = all_reduce_tensor(torch.cat([sums, acc.to_vector(heads, n_genes)]), ctx)
+    reduced, acc = _all_reduce_with_r2(sums, acc, ctx)
     n_cells = max(1, int(round(float(reduced[0]))))
     result = {"loss": float(reduced[1]) / n_cells}
     for i, head in enumerate(heads):
         result[f"loss_{head}"] = float(reduced[2 + i]) / n_cells
-    acc = R2Accumulator.from_vector(reduced[2 + len(heads) :], heads, n_genes)
-    for head, value in acc.r2().items():
+    for head, value in zip(heads, acc.mean_r2(), strict=True):
         result[f"r2_{head}"] = value
     return result
+
+
+def _numpy(values: torch.Tensor) -> np.ndarray:
+    return values.detach().cpu().numpy()
+
+
+def _all_reduce_with_r2(
+    sums: torch.Tensor, acc: R2Accumulator, ctx: DistContext
+) -> tuple[torch.Tensor, R2Accumulator]:
+    """``sums`` and the R^2 statistics summed over the ranks (unchanged for one process).
+
+    Sums add up only about one centre, and each rank's is a cell of its own: the ranks first
+    agree on the mean of their centres (a value of each gene, so the sums keep their digits and
+    a gene constant over all ranks still sums to zero), then add their sums about it.
+    """
+    has = 0.0 if acc.shift is None else 1.0
+    own = np.zeros(acc.n_genes) if acc.shift is None else acc.shift
+    centres = all_reduce_tensor(torch.from_numpy(np.concatenate([[has], has * own])), ctx)
+    shift = (centres[1:] / max(1.0, float(centres[0]))).numpy()
+    stats = torch.from_numpy(acc.centred_at(shift).to_vector())
+    reduced = all_reduce_tensor(torch.cat([sums, stats]), ctx)
+    head = len(sums)
+    return reduced[:head], R2Accumulator.from_vector(
+        reduced[head:].numpy(), shift, skip_nonfinite=acc.skip_nonfinite
+    )
