@@ -31,8 +31,8 @@ __all__ = [
 
 #: A gene (column) whose sd within the scored cells is below this fraction of ``|mean|`` is
 #: constant there, and its R^2 undefined: chunked float64 sums of a constant column can leave a
-#: rounding-level, non-zero sum of squares. One rule for evaluation's per-gene R^2 and the
-#: model's streaming R^2, which must agree.
+#: rounding-level, non-zero sum of squares. Applied by :func:`interscale._r2.r2_from_sums`, the
+#: one rule of every per-gene R^2 (training, streaming, evaluation, bootstrap).
 CONSTANT_RTOL = 1e-9
 
 #: Setup fields also kept at the top level of ``uns["interscale"]`` (the documented contract).

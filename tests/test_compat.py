@@ -48,6 +48,7 @@ def test_sample_column_given_twice_is_refused(adata):
         isc.pp.tile,
         isc.pp.split_samples,
         isc.evaluation.linear_baselines,
+        isc.evaluation.calculate_gene_ranks,
         isc.evaluation.heldout_program_metrics,
     ],
     ids=lambda f: f.__name__,

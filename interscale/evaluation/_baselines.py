@@ -427,9 +427,7 @@ def linear_baselines(
         return np.concatenate([np.arange(b * width, (b + 1) * width) for b in blocks])
 
     sample_block = len(hop_list)
-    designs: dict[str, np.ndarray] = {}
-    for i, h in enumerate(hop_list):
-        designs[f"hop{h}"] = block_columns(list(range(i + 1)))
+    designs = {f"hop{h}": block_columns(list(range(i + 1))) for i, h in enumerate(hop_list)}
     designs["sample"] = block_columns([sample_block])
     designs[f"hop{hop_list[-1]}_sample"] = block_columns([*range(len(hop_list)), sample_block])
 
@@ -463,11 +461,8 @@ def linear_baselines(
     for name, cols in designs.items():
         ss_res[name] = RidgePath(total, cols, scale).sse(held, [chosen[name]])[0]
     scored = ~truth.constant()
-    table = {}
-    for name in names:
-        r2 = np.full(n_vars, np.nan)
-        r2[scored] = 1.0 - ss_res[name][scored] / truth.m2[scored]
-        table[name] = r2
+    m2 = np.where(scored, truth.m2, 1.0)
+    table = {name: np.where(scored, 1.0 - ss_res[name] / m2, np.nan) for name in names}
     out = pd.DataFrame(table, index=pd.Index(adata.var_names.copy(), name="gene"))
 
     if key_added is not None:

@@ -12,13 +12,15 @@ from anndata import AnnData
 from scipy.stats import rankdata
 
 from interscale._anndata import read_setup, select_cells
+from interscale._compat import accepts_library_key
+from interscale._r2 import R2Accumulator
 from interscale.evaluation._claims import _print_top
 from interscale.evaluation._resample import (
     MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP,
     bootstrap_gene_r2,
     sample_units,
 )
-from interscale.evaluation._utils import _chunk_rows, _get_matrix, _Moments, _row_chunks
+from interscale.evaluation._utils import _chunk_rows, _get_matrix, _row_chunks
 from interscale.names import HEADS
 
 RANK_COLUMNS = [
@@ -70,39 +72,22 @@ def r2_per_gene(y_true: Any, preds: list[Any], rows: np.ndarray | None = None) -
     """R^2 per column of each prediction against ``y_true``, in one chunked pass.
 
     Entries where the truth or that prediction is not finite are left out (per gene and
-    per head). R^2 is NaN for a gene with fewer than two usable cells or a constant truth.
-    With ``rows`` (integer indices) only those cells are scored, read chunk by chunk; the
-    result equals that on ``y_true[rows]`` bit for bit.
+    per head). R^2 is NaN for a gene with fewer than two usable cells or a constant truth
+    (the rule of :class:`interscale._r2.R2Accumulator`, which sums the chunks). With ``rows``
+    (integer indices) only those cells are scored, read chunk by chunk; the result equals
+    that on ``y_true[rows]`` bit for bit, as the chunks are the same.
     """
     n_vars = y_true.shape[1]
     size = _chunk_rows(n_vars * (1 + len(preds)))
-    moments = [_Moments(n_vars) for _ in preds]
-    ss_res = [np.zeros(n_vars) for _ in preds]
+    acc = R2Accumulator(n_vars, len(preds))
     chunks = zip(
         _row_chunks(y_true, size, rows),
         *[_row_chunks(p, size, rows) for p in preds],
         strict=True,
     )
     for y, *ps in chunks:
-        y_ok = np.isfinite(y)
-        y_stats = None  # truth moments of the chunk, shared by heads without missing values
-        for i, p in enumerate(ps):
-            valid = y_ok & np.isfinite(p)
-            if valid.all():
-                if y_stats is None:
-                    y_stats = _Moments.chunk_stats(y)
-                moments[i].merge(*y_stats)
-                ss_res[i] += ((y - p) ** 2).sum(axis=0)
-            else:
-                moments[i].update(y, valid)
-                ss_res[i] += np.where(valid, (y - p) ** 2, 0.0).sum(axis=0)
-    out = []
-    for mom, res in zip(moments, ss_res, strict=True):
-        ok = (mom.n >= 2) & ~mom.constant()
-        r2 = np.full(n_vars, np.nan)
-        r2[ok] = 1.0 - res[ok] / mom.m2[ok]
-        out.append(r2)
-    return out
+        acc.add(y, ps)
+    return acc.r2()
 
 
 def _rank_nan_last(r2: np.ndarray) -> np.ndarray:
@@ -278,6 +263,7 @@ def gene_ranks_from_model(
     return df
 
 
+@accepts_library_key
 def calculate_gene_ranks(
     adata: AnnData,
     *,
@@ -290,7 +276,7 @@ def calculate_gene_ranks(
     n_boot: int = 0,
     seed: int | None = 0,
     ci: float = 0.9,
-    library_key: str | Sequence[str] | None = None,
+    sample_key: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Rank genes by how well the local and the global head predict them.
 
@@ -341,10 +327,11 @@ def calculate_gene_ranks(
     ci
         Coverage of the percentile intervals, in (0, 1): ``[(1 - ci) / 2, (1 + ci) / 2]``
         quantiles over the resamples.
-    library_key
+    sample_key
         obs column(s) naming the sample of each cell, for the sample bootstrap. Default:
         the sample key(s) recorded in ``adata.uns["interscale"]["sample_key"]``, else
-        ``"sample"`` if that column exists, else cells are resampled.
+        ``"sample"`` if that column exists, else cells are resampled. (``library_key=``,
+        squidpy's word, is accepted for it.)
 
     Returns
     -------
@@ -357,7 +344,7 @@ def calculate_gene_ranks(
         ``df.attrs`` records the scored cells (``"cells"``: ``"all"``, the split names
         joined by commas or ``"mask (n cells)"``; ``"n_cells"``) and, with a
         bootstrap, ``"bootstrap"``: ``{"n_boot", "unit" ("samples" or "cells"), "n_units",
-        "ci", "seed", "library_key"}``.
+        "ci", "seed", "library_key"}`` (``library_key``: the sample column resampled).
 
     Raises
     ------
@@ -397,11 +384,11 @@ def calculate_gene_ranks(
     units = None
     key = None
     if n_boot > 0:
-        units, key = sample_units(adata, selection.rows, library_key, what=what)
+        units, key = sample_units(adata, selection.rows, sample_key, what=what)
         n_samples = 0 if units is None else int(units.max()) + 1
         if n_samples < MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP:
             source = (
-                "no sample column is known (pass library_key=)"
+                "no sample column is known (pass sample_key=)"
                 if units is None
                 else f"the scored cells come from {n_samples} sample(s) of {key!r}, fewer "
                 f"than {MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP}"

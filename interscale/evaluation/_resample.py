@@ -13,6 +13,7 @@ from anndata import AnnData
 from scipy.stats import rankdata
 
 from interscale._anndata import obs_column_codes, read_setup
+from interscale._r2 import r2_from_sums
 from interscale.evaluation._utils import _chunk_rows, _row_chunks
 from interscale.names import HEADS
 
@@ -31,10 +32,6 @@ MIN_SAMPLES_FOR_SAMPLE_BOOTSTRAP = 5
 # (resamples x cells, float32) and the summed statistics (resamples x statistics, float64).
 _BOOT_BLOCK_VALUES = 1 << 24
 
-# A resample's sum of squares about its mean below this fraction of its (shifted) sum of
-# squares is rounding: the gene is constant in that resample and its R^2 is undefined.
-_SS_TOT_RTOL = 1e-10
-
 # Statistics per gene and head: valid count, sum of shifted truth, sum of its squares and
 # sum of squared residuals.
 _N_STATS = 4
@@ -45,9 +42,9 @@ def sample_units(
 ) -> tuple[np.ndarray | None, str | None]:
     """Sample code (0..n-1, in sorted label order) of every scored cell and the key used.
 
-    The key is ``library_key`` when given, else the sample key(s) recorded by the model
-    setup in ``adata.uns["interscale"]["sample_key"]``, else ``"sample"`` when that obs
-    column exists; without any, ``(None, None)``.
+    The key is ``library_key`` (the caller's ``sample_key``) when given, else the sample
+    key(s) recorded by the model setup in ``adata.uns["interscale"]["sample_key"]``, else
+    ``"sample"`` when that obs column exists; without any, ``(None, None)``.
     """
     if library_key is not None:
         keys = [library_key] if isinstance(library_key, str) else [str(k) for k in library_key]
@@ -60,14 +57,14 @@ def sample_units(
         else:
             return None, None
     if not keys:
-        raise ValueError(f"{what}: library_key names no obs column")
+        raise ValueError(f"{what}: sample_key names no obs column")
     values = None
     for key in keys:
         try:
             key_codes, names = obs_column_codes(adata, key, what=f"{what}: sample column")
         except KeyError as exc:
             raise KeyError(
-                f"{exc.args[0]}; pass library_key=<the column naming each sample>"
+                f"{exc.args[0]}; pass sample_key=<the column naming each sample>"
             ) from None
         # Units are numbered in sorted order of their labels as strings ("a|b" for two keys).
         labels = np.asarray(names, dtype=object)[key_codes]
@@ -146,8 +143,14 @@ def _block_stats(
     return out.reshape(n_rows, -1)
 
 
-def _r2_from_sums(sums: np.ndarray, n_heads: int, n_genes: int, compact: bool) -> list[np.ndarray]:
-    """Per-resample, per-gene R^2 of each head from summed statistics (resamples x stats)."""
+def _r2_from_sums(
+    sums: np.ndarray, n_heads: int, n_genes: int, compact: bool, shift: np.ndarray
+) -> list[np.ndarray]:
+    """Per-resample, per-gene R^2 of each head from summed statistics (resamples x stats).
+
+    A gene constant within a resample gets NaN by the rule of every other R^2 of the package
+    (:func:`interscale._r2.r2_from_sums`).
+    """
     n_res = sums.shape[0]
     if compact:
         n = sums[:, :1]
@@ -156,13 +159,7 @@ def _r2_from_sums(sums: np.ndarray, n_heads: int, n_genes: int, compact: bool) -
     else:
         t = sums.reshape(n_res, n_heads, _N_STATS, n_genes)
         parts = [(t[:, h, 0], t[:, h, 1], t[:, h, 2], t[:, h, 3]) for h in range(n_heads)]
-    out = []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for n, sy, syy, sres in parts:
-            ss_tot = syy - sy * sy / n
-            ok = (n >= 2) & (ss_tot > _SS_TOT_RTOL * syy)
-            out.append(np.where(ok, 1.0 - sres / np.where(ok, ss_tot, 1.0), np.nan))
-    return out
+    return [r2_from_sums(n, sy, syy, sres, shift)[0] for n, sy, syy, sres in parts]
 
 
 def _rank_nan_last_rows(r2: np.ndarray) -> np.ndarray:
@@ -246,7 +243,7 @@ def bootstrap_gene_r2(
                 stats = _block_stats(y, ps, shift, compact)
                 sums += counts[:, start : start + m].astype(np.float64) @ stats
                 start += m
-        for h, r2 in enumerate(_r2_from_sums(sums, n_heads, n_genes, compact)):
+        for h, r2 in enumerate(_r2_from_sums(sums, n_heads, n_genes, compact, shift)):
             r2_heads[h].append(r2)
     r2_all = [np.concatenate(parts, axis=0) for parts in r2_heads]
     out: dict[str, np.ndarray] = {}
