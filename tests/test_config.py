@@ -1,33 +1,24 @@
-"""Tests for interscale.config: defaults, shipped YAMLs, strict validation, round trips."""
+"""Tests for interscale.config: defaults, shipped YAMLs, aliases, YAML files, frozen round trips."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from _config_helpers import CONFIG_DIR, _leaves, _write
 
 from interscale.config import (
     Config,
     ConfigError,
-    ConfigTypeError,
-    DatasetConfig,
-    GlobalParameters,
     LocalParameters,
-    SpatialNeighborsConfig,
     config_from_dict,
     load_config,
     save_config,
-    with_overrides,
 )
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config_files"
 
 # The defaults of the published yacs schema (theislab/interscale, src/interscale/config/*.py,
 # with the GCN and self-attn-transformer component blocks), transcribed by hand. Two values are
@@ -117,32 +108,10 @@ _INTENTIONAL = {
 _ALIASES = {"wd": "weight_decay", "spatial_neigbors_kwargs": "spatial_neighbors_kwargs"}
 
 
-def _leaves(tree, prefix=()):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, (*prefix, key))
-        else:
-            yield (*prefix, key), value
-
-
 def _get(tree, path):
     for key in path:
         tree = tree[_ALIASES.get(key, key)]
     return tree
-
-
-def _write(tmp_path: Path, data, name: str = "cfg.yaml") -> Path:
-    path = tmp_path / name
-    text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
-    path.write_text(text)
-    return path
-
-
-def _nested(dotted: str, value):
-    out = value
-    for part in reversed(dotted.split(".")):
-        out = {part: out}
-    return out
 
 
 # ------------------------------------------------------------------------------- defaults
@@ -271,270 +240,6 @@ def test_alias_and_canonical_together_rejected(data, keys):
     assert all(k in str(info.value) for k in keys)
 
 
-# ----------------------------------------------------------------------------- unknown keys
-
-
-@pytest.mark.parametrize(
-    ("dotted", "section", "suggestion"),
-    [
-        ("optim.lrr", "optim", "lr"),
-        ("model.n_embd", "model", "n_embed"),
-        ("model.local_component.nmae", "model.local_component", "name"),
-        ("model.local_component.parameters.hidden_dims", None, "hidden_dim"),
-        ("model.global_component.parameters.n_head", None, "n_heads"),
-        ("model.global_component.parameters.attentoin", None, "attention"),
-        ("model.global_component.latent_obsm_keys", "model.global_component", "latent_obsm_key"),
-        ("model.decoder.dual_decoders", "model.decoder", "dual_decoder"),
-        ("dataset.batchsize", "dataset", "batch_size"),
-        ("dataset.spatial_neigbors_kwargs.radious", None, "radius"),
-        ("dataset.spatial_neighbours_kwargs", "dataset", "spatial_neighbors_kwargs"),
-        ("wandb.usee", "wandb", "use"),
-    ],
-)
-def test_unknown_key_names_key_section_and_suggestion(dotted, section, suggestion):
-    parts = dotted.split(".")
-    if section is None:
-        section = ".".join(parts[:-1]).replace("neigbors", "neighbors")
-    bad = parts[-1]
-    with pytest.raises(ConfigError) as info:
-        config_from_dict(_nested(dotted, 1))
-    assert str(info.value) == (
-        f"unknown key '{bad}' in section '{section}'; did you mean '{suggestion}'?"
-    )
-
-
-def test_unknown_top_level_section_and_no_close_match():
-    with pytest.raises(ConfigError, match=r"unknown section 'optimm' at the top level.*'optim'"):
-        config_from_dict({"optimm": {}})
-    with pytest.raises(ConfigError) as info:
-        config_from_dict({"optim": {"zzzzzz": 1}})
-    msg = str(info.value)
-    assert "unknown key 'zzzzzz' in section 'optim'; valid keys:" in msg
-    assert "lr" in msg and "weight_decay" in msg
-
-
-def test_unknown_key_in_file_mentions_file(tmp_path):
-    path = _write(tmp_path, {"optim": {"lrr": 0.1}})
-    with pytest.raises(ConfigError, match="did you mean 'lr'") as info:
-        load_config(path)
-    assert any(str(path) in note for note in getattr(info.value, "__notes__", []))
-
-
-# ------------------------------------------------------------------------------ wrong types
-
-
-@pytest.mark.parametrize(
-    ("dotted", "value", "shown"),
-    [
-        ("optim.lr", "0.001", "optim.lr"),
-        ("model.n_embed", "16", "model.n_embed"),
-        ("model.n_embed", 16.5, "model.n_embed"),
-        ("model.n_embed", True, "model.n_embed"),
-        ("optim.early_stopping", "True", "optim.early_stopping"),
-        ("model.mask_token", 1, "model.mask_token"),
-        ("model.decoder.dual_decoder", "yes", "model.decoder.dual_decoder"),
-        ("model.global_component.parameters.long_range_attention", "False", "long_range"),
-        ("dataset.batch_size", "3", "dataset.batch_size"),
-        ("dataset.sample_key", 5, "dataset.sample_key"),
-        ("dataset.sample_key", ["a", 1], "dataset.sample_key[1]"),
-        ("model.decoder.hidden_dims", "256", "model.decoder.hidden_dims"),
-        ("model.decoder.hidden_dims", [256, "128"], "model.decoder.hidden_dims[1]"),
-        ("dataset.spatial_neighbors_kwargs.radius", "200", "spatial_neighbors_kwargs.radius"),
-        ("dataset.layer_key", 3, "dataset.layer_key"),
-        ("model.local_component.name", 3, "model.local_component.name"),
-        ("optim", 5, "section 'optim'"),
-        ("model.local_component.parameters", [1, 2], "model.local_component.parameters"),
-    ],
-)
-def test_wrong_type_is_type_error_naming_path(dotted, value, shown):
-    with pytest.raises(TypeError) as info:
-        config_from_dict(_nested(dotted, value))
-    assert isinstance(info.value, ConfigTypeError)
-    assert shown in str(info.value)
-
-
-def test_integral_float_accepted_for_int():
-    cfg = config_from_dict({"model": {"n_embed": 32.0}, "dataset": {"batch_size": 2.0}})
-    assert cfg.model.n_embed == 32 and isinstance(cfg.model.n_embed, int)
-    assert cfg.dataset.batch_size == 2 and isinstance(cfg.dataset.batch_size, int)
-    cfg = config_from_dict({"optim": {"lr": 1}})
-    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
-
-
-# ---------------------------------------------------------------------------- value ranges
-
-
-@pytest.mark.parametrize(
-    ("dotted", "value", "message"),
-    [
-        ("optim.lr", -1, "optim.lr must be a positive number, got -1"),
-        ("optim.lr", 0, "optim.lr must be a positive number, got 0"),
-        ("optim.lr", math.nan, "optim.lr must be a finite number, got nan"),
-        ("dataset.pct_mask_nodes", 0, "dataset.pct_mask_nodes must be in (0, 1), got 0"),
-        ("dataset.pct_mask_nodes", 1, "dataset.pct_mask_nodes must be in (0, 1), got 1"),
-        ("dataset.pct_mask_nodes", 1.5, "dataset.pct_mask_nodes must be in (0, 1), got 1.5"),
-        ("dataset.batch_size", 0, "dataset.batch_size must be a positive integer, got 0"),
-        ("optim.n_epochs", 0, "optim.n_epochs must be a positive integer, got 0"),
-        ("optim.weight_decay", -0.1, "optim.weight_decay must be a non-negative number, got -0.1"),
-        ("optim.lr_warmup", -1, "optim.lr_warmup must be a non-negative integer, got -1"),
-        ("optim.seed", -3, "optim.seed must be a non-negative integer, got -3"),
-        ("optim.grad_clip", 0, "optim.grad_clip must be a positive number, got 0"),
-        (
-            "model.decoder.dropout_decoder",
-            1.0,
-            "model.decoder.dropout_decoder must be in [0, 1), got 1.0",
-        ),
-        (
-            "model.local_component.parameters.num_layers",
-            0,
-            "model.local_component.parameters.num_layers must be a positive integer, got 0",
-        ),
-        (
-            "dataset.spatial_neighbors_kwargs.radius",
-            -5,
-            "dataset.spatial_neighbors_kwargs.radius must be a positive number, got -5",
-        ),
-    ],
-)
-def test_out_of_range_is_value_error_with_message(dotted, value, message):
-    with pytest.raises(ValueError) as info:
-        config_from_dict(_nested(dotted, value))
-    assert not isinstance(info.value, TypeError)
-    assert str(info.value) == message
-
-
-def test_n_embed_not_divisible_by_n_heads():
-    data = {"model": {"global_component": {"parameters": {"n_heads": 5}}}}
-    with pytest.raises(ValueError) as info:
-        config_from_dict(data)
-    assert str(info.value) == (
-        "model.n_embed (16) must be divisible by model.global_component.parameters.n_heads (5)"
-    )
-    data["model"]["n_embed"] = 20
-    assert config_from_dict(data).model.n_embed == 20
-
-
-def test_nonlinear_decoder_needs_hidden_dims():
-    with pytest.raises(ValueError, match="model.decoder.hidden_dims must not be empty"):
-        config_from_dict({"model": {"decoder": {"type": "nonlinear", "hidden_dims": []}}})
-    cfg = config_from_dict({"model": {"decoder": {"type": "linear", "hidden_dims": []}}})
-    assert cfg.model.decoder.hidden_dims == ()
-
-
-# ------------------------------------------------------------------------- choices, names
-
-
-@pytest.mark.parametrize("name", ["SCVI", "Precomputed"])
-def test_published_but_unsupported_local_components(name):
-    with pytest.raises(ValueError) as info:
-        config_from_dict({"model": {"local_component": {"name": name}}})
-    msg = str(info.value)
-    assert "model.local_component.name" in msg and "'GCN', 'GIN'" in msg
-    assert "not supported" in msg
-
-
-def test_unknown_component_names():
-    with pytest.raises(ValueError, match="did you mean 'GCN'"):
-        config_from_dict({"model": {"local_component": {"name": "gcn"}}})
-    with pytest.raises(ValueError) as info:
-        config_from_dict({"model": {"global_component": {"name": "performer"}}})
-    assert "model.global_component.name" in str(info.value)
-    assert "'self-attn-transformer'" in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("dotted", "value", "fragment"),
-    [
-        ("model.global_component.parameters.attention", "global", "'full', 'neighbourhood'"),
-        ("model.global_component.parameters.attention", "neighborhood", "'neighbourhood'?"),
-        ("model.global_component.parameters.activation_func", "tanh", "'relu', 'gelu'"),
-        ("model.decoder.type", "mlp", "'linear', 'nonlinear', 'linear-lse'"),
-        ("optim.loss", "L1", "optim.loss must be one of"),
-        ("optim.loss", "SCELoss", "does not support"),
-        ("optim.accelerator", "tpu", "'auto', 'cpu', 'cuda'"),
-        ("optim.lr_scheduler", "Cosine", "'CosineWarmupScheduler'"),
-        ("dataset.prediction_task", "regresion", "did you mean 'regression'"),
-        ("dataset.prediction_level", "cell", "'node', 'graph'"),
-        ("dataset.spatial_neighbors_kwargs.coord_type", "hex", "'generic', 'grid'"),
-    ],
-)
-def test_invalid_choice(dotted, value, fragment):
-    with pytest.raises(ValueError) as info:
-        config_from_dict(_nested(dotted, value))
-    assert dotted.split(".")[-1] in str(info.value)
-    assert fragment in str(info.value)
-
-
-@pytest.mark.parametrize(("given", "stored"), [("gpu", "cuda"), ("GPU", "cuda"), ("CPU", "cpu")])
-def test_accelerator_normalised(given, stored):
-    assert config_from_dict({"optim": {"accelerator": given}}).optim.accelerator == stored
-
-
-def test_loss_must_fit_prediction_task():
-    with pytest.raises(ValueError, match="optim.loss 'CrossEntropy' does not fit"):
-        config_from_dict({"optim": {"loss": "CrossEntropy"}})
-    with pytest.raises(ValueError, match="dataset.prediction_obs"):
-        config_from_dict(
-            {"optim": {"loss": "CrossEntropy"}, "dataset": {"prediction_task": "classification"}}
-        )
-    cfg = config_from_dict(
-        {
-            "optim": {"loss": "CrossEntropy"},
-            "dataset": {"prediction_task": "classification", "prediction_obs": "cell_type"},
-        }
-    )
-    assert cfg.dataset.prediction_obs == "cell_type"
-
-
-# ------------------------------------------------------------------------------ attention
-
-
-def _attn(**params):
-    cfg = config_from_dict({"model": {"global_component": {"parameters": params}}})
-    p = cfg.model.global_component.parameters
-    return p.attention, p.long_range_attention
-
-
-def test_attention_from_long_range_attention():
-    assert _attn() == ("full", False)
-    assert _attn(long_range_attention=True) == ("long_range", True)
-    assert _attn(long_range_attention=False) == ("full", False)
-    assert _attn(attention="long_range") == ("long_range", True)
-    assert _attn(attention="neighbourhood") == ("neighbourhood", False)
-    assert _attn(attention="long_range", long_range_attention=True) == ("long_range", True)
-    assert _attn(attention=None, long_range_attention=True) == ("long_range", True)
-
-
-@pytest.mark.parametrize(
-    ("attention", "lra"), [("full", True), ("neighbourhood", True), ("long_range", False)]
-)
-def test_contradicting_attention_keys(attention, lra):
-    with pytest.raises(ValueError) as info:
-        _attn(attention=attention, long_range_attention=lra)
-    msg = str(info.value)
-    assert "model.global_component.parameters.long_range_attention" in msg
-    assert "model.global_component.parameters.attention" in msg
-    with pytest.raises(ValueError):
-        GlobalParameters(attention=attention, long_range_attention=lra)
-
-
-# ------------------------------------------------------------------------ spatial graph
-
-
-def test_radius_and_n_neighs_exactly_one():
-    section = "dataset.spatial_neighbors_kwargs"
-    with pytest.raises(ValueError, match=f"{section}: set exactly one of 'radius' and 'n_neighs'"):
-        config_from_dict(_nested(section, {"radius": 100, "n_neighs": 6}))
-    with pytest.raises(ValueError, match="exactly one"):
-        config_from_dict(_nested(section, {"radius": None}))
-    knn = config_from_dict(_nested(section, {"n_neighs": 8})).dataset.spatial_neighbors_kwargs
-    assert (knn.radius, knn.n_neighs) == (None, 8)
-    rad = config_from_dict(_nested(section, {"radius": 30})).dataset.spatial_neighbors_kwargs
-    assert (rad.radius, rad.n_neighs) == (30.0, None)
-    with pytest.raises(ValueError):
-        SpatialNeighborsConfig(radius=10.0, n_neighs=3)
-
-
 # ------------------------------------------------------------------------------ YAML files
 
 
@@ -620,119 +325,6 @@ def test_to_dict_is_plain_and_round_trips(tmp_path):
     out = save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(out) == cfg
     assert [p.name for p in tmp_path.iterdir()] == ["saved.yaml"]  # no temp file left
-
-
-# -------------------------------------------------------------------------------- overrides
-
-
-def test_with_overrides_and_replace():
-    cfg = load_config(CONFIG_DIR / "legnini_example.yaml")
-    new = with_overrides(cfg, {"optim.n_epochs": 5, "optim.wd": 0.0, "dataset.batch_size": 1})
-    assert (new.optim.n_epochs, new.optim.weight_decay, new.dataset.batch_size) == (5, 0.0, 1)
-    assert cfg.optim.n_epochs == 100  # original untouched
-    assert new.dataset.layer_key == cfg.dataset.layer_key
-    assert cfg.replace(**{"optim.n_epochs": 5, "optim.wd": 0.0, "dataset.batch_size": 1}) == new
-    assert with_overrides(cfg, {"optim": {"lr": 0.01}}).optim.lr == 0.01
-    alias = with_overrides(cfg, {"dataset.spatial_neigbors_kwargs.radius": 10})
-    assert alias.dataset.spatial_neighbors_kwargs.radius == 10.0
-    assert with_overrides(cfg, {}) == cfg
-
-
-def test_with_overrides_linked_keys():
-    cfg = Config()
-    lr = with_overrides(cfg, {"model.global_component.parameters.attention": "long_range"})
-    assert lr.model.global_component.parameters.long_range_attention is True
-    back = with_overrides(lr, {"model.global_component.parameters.long_range_attention": False})
-    assert back.model.global_component.parameters.attention == "full"
-    knn = with_overrides(cfg, {"dataset.spatial_neighbors_kwargs.n_neighs": 10})
-    assert knn.dataset.spatial_neighbors_kwargs.radius is None
-    rad = with_overrides(knn, {"dataset.spatial_neighbors_kwargs.radius": 20})
-    assert rad.dataset.spatial_neighbors_kwargs.n_neighs is None
-
-
-def test_with_overrides_null_graph_kind_keeps_the_other():
-    # Only a value clears the other kind; null leaves it as it was (here the file's radius).
-    cfg = load_config(CONFIG_DIR / "legnini_example.yaml")
-    new = with_overrides(cfg, {"dataset.spatial_neighbors_kwargs.n_neighs": None})
-    assert new == cfg
-    knn = with_overrides(cfg, {"dataset.spatial_neighbors_kwargs": {"n_neighs": 4}})
-    assert (knn.dataset.spatial_neighbors_kwargs.radius, knn.dataset.sample_key) == (
-        None,
-        cfg.dataset.sample_key,
-    )
-
-
-_LEAVES = sorted(".".join(path) for path, _ in _leaves(Config().to_dict()))
-
-
-@pytest.mark.parametrize("dotted", _LEAVES)
-def test_every_key_is_type_checked_naming_its_path(dotted):
-    # A key declared without a real check would store any value silently.
-    with pytest.raises(ConfigTypeError) as info:
-        config_from_dict(_nested(dotted, object()))
-    assert dotted in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("overrides", "exc", "fragment"),
-    [
-        ({"optim.lrr": 1.0}, ConfigError, "did you mean 'lr'"),
-        ({"optimm.lr": 1.0}, ConfigError, "did you mean 'optim'"),
-        ({"optim.lr.x": 1.0}, ConfigError, "'optim.lr' is a value, not a section"),
-        ({"optim.lr": -1}, ConfigError, "optim.lr must be a positive number, got -1"),
-        ({"optim.n_epochs": "10"}, ConfigTypeError, "optim.n_epochs"),
-        ({"optim": 3}, ConfigTypeError, "names a section"),
-    ],
-)
-def test_with_overrides_errors(overrides, exc, fragment):
-    with pytest.raises(exc, match=None) as info:
-        with_overrides(Config(), overrides)
-    assert fragment in str(info.value)
-
-
-def test_direct_construction_validates():
-    with pytest.raises(ValueError, match="dataset.batch_size must be a positive integer"):
-        DatasetConfig(batch_size=0)
-    with pytest.raises(ConfigTypeError, match="section 'optim'"):
-        Config(optim={"lr": 0.1})  # type: ignore[arg-type]
-
-
-_positive = st.floats(min_value=1e-8, max_value=10.0, allow_nan=False, allow_infinity=False)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    lr=_positive,
-    wd=st.floats(min_value=0.0, max_value=1.0),
-    batch_size=st.integers(min_value=1, max_value=512),
-    pct=st.floats(min_value=1e-6, max_value=1 - 1e-6),
-    n_heads=st.sampled_from([1, 2, 4, 8]),
-    mult=st.integers(min_value=1, max_value=16),
-    radius=st.one_of(st.none(), _positive),
-    n_epochs=st.integers(min_value=1, max_value=10_000),
-)
-def test_round_trip_property(lr, wd, batch_size, pct, n_heads, mult, radius, n_epochs):
-    overrides = {
-        "optim.lr": lr,
-        "optim.weight_decay": wd,
-        "optim.n_epochs": n_epochs,
-        "dataset.batch_size": batch_size,
-        "dataset.pct_mask_nodes": pct,
-        "model.global_component.parameters.n_heads": n_heads,
-        "model.n_embed": n_heads * mult,
-    }
-    if radius is None:
-        overrides["dataset.spatial_neighbors_kwargs.n_neighs"] = mult
-    else:
-        overrides["dataset.spatial_neighbors_kwargs.radius"] = radius
-    cfg = with_overrides(Config(), overrides)
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.n_epochs) == (lr, wd, n_epochs)
-    assert (cfg.dataset.batch_size, cfg.dataset.pct_mask_nodes) == (batch_size, pct)
-    assert cfg.model.n_embed % cfg.model.global_component.parameters.n_heads == 0
-    assert config_from_dict(cfg.to_dict()) == cfg
-    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    graph = cfg.dataset.spatial_neighbors_kwargs
-    assert (graph.radius is None) != (graph.n_neighs is None)
 
 
 def _compatibility_only_fields(section, prefix: str = "") -> list[str]:
