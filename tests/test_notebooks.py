@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+PACKAGE_DIR = "interscale"
 # what papermill users pass to notebooks 0-3 (the real-tissue notebook prefixes its own)
 SHARED_PARAMETERS = {"n_samples", "epochs", "scope_epochs", "seed", "data_dir", "out_dir"}
 
@@ -106,7 +107,8 @@ _OUTSIDE = textwrap.dedent(
     for name in ("reproduce", "tests"):
         assert importlib.util.find_spec(name) is None, f"{name} is importable here"
     import interscale
-    assert repo not in Path(interscale.__file__).resolve().parents, interscale.__file__
+    # installed (site-packages, which may sit in the checkout's .tox), not the source tree
+    assert Path(interscale.__file__).resolve().parent != repo / "interscale", interscale.__file__
 
     import papermill as pm
     params = dict(n_samples=4, cells_per_sample_min=150, cells_per_sample_max=200,
@@ -127,7 +129,8 @@ def _installed_elsewhere(env: dict[str, str], cwd: Path) -> bool:
     origin = subprocess.run(
         [sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True
     ).stdout.strip()
-    return bool(origin) and ROOT not in Path(origin).resolve().parents
+    # site-packages may sit inside the checkout (tox's .tox/): only the source tree is refused
+    return bool(origin) and Path(origin).resolve().parent != ROOT / PACKAGE_DIR
 
 
 @pytest.mark.slow
